@@ -1,0 +1,161 @@
+"""The ``easyhard`` command: parses options into configs and calls the library and the experiments.
+
+Bad input exits with code 2 and one line on stderr naming the parameter; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from easyhard._validate import ConfigError, check_nonnegative, check_positive
+from easyhard.activations import ACTIVATIONS, make_activation
+from easyhard.data import COUPLINGS, LATENT_LAWS, MixedCumulantModel, make_latent_law
+
+_LAW_HELP = ", ".join(LATENT_LAWS) + " (two_point and bernoulli_gauss take --nu-param p, or NAME:p)"
+
+
+def _model_options(func):
+    """Options that define the mixed cumulant model and the time t."""
+    options = [
+        click.option("--nu", default="rademacher", show_default=True, help=f"latent law: {_LAW_HELP}"),
+        click.option("--nu-param", type=float, default=None, help="parameter p of two_point / bernoulli_gauss"),
+        click.option("--beta-u", type=float, default=5.0, show_default=True, help="covariance spike strength (>= 0)"),
+        click.option("--beta-v", type=float, default=5.0, show_default=True, help="cumulant spike strength (>= 0)"),
+        click.option("--coupling", default="independent", show_default=True, help=f"one of {', '.join(COUPLINGS)}"),
+        click.option("--q", "coupling_q", type=float, default=1.0, show_default=True,
+                     help="sign coupling: probability that nu = sign(lambda)"),
+        click.option("--t", "t", type=float, default=0.5, show_default=True, help="OU time t (> 0)"),
+        click.option("--json", "as_json", is_flag=True, help="print one JSON object"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t) -> MixedCumulantModel:
+    check_nonnegative("--beta-u", beta_u)
+    check_nonnegative("--beta-v", beta_v)
+    check_positive("--t", t)
+    law = make_latent_law(nu, nu_param)
+    return MixedCumulantModel.create(d=3, beta_u=beta_u, beta_v=beta_v, nu=law, coupling=coupling, q=coupling_q)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _num(x, spec=".4g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="easyhard")
+def cli():
+    """easyhard: how diffusion models learn data statistics, from easy to hard."""
+
+
+@cli.command()
+@_model_options
+@click.option("--activation", default="tanh", show_default=True, help=f"one of {', '.join(ACTIVATIONS)}")
+@click.option("--a-out", type=float, default=1.0, show_default=True, help="fixed output scale a_t (nonzero)")
+@click.option("--skip", type=float, default=None, help="skip coefficient c_t [default: e^-t]")
+@click.option("--k-max", type=int, default=8, show_default=True, help="highest Hermite order considered")
+@click.option("--alpha-u-learned", type=float, default=0.5, show_default=True,
+              help="alpha_u at which the conditional exponent of v is cross-checked (coupled latents)")
+def exponents(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json, activation, a_out, skip, k_max,
+              alpha_u_learned):
+    """Diffusion information exponent of u and v for a single-neuron denoiser."""
+    from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients
+
+    model = _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t)
+    neuron = SingleNeuron(make_activation(activation, model.law, beta_v, t), t, skip, a_out)
+    result = diffusion_exponents(model, neuron, k_max, alpha_u_learned)
+    f = hermite_coefficients(neuron, k_max).tolist()
+    if as_json:
+        click.echo(json.dumps({"model": model.to_dict() | {"d": None}, "neuron": neuron.to_dict(), "hermite_f": f,
+                               "directions": {k: e.to_dict() for k, e in result.items()}}))
+        return
+    rows = [[k, _num(e.exponent, "d"), _num(e.slope, ".3f"), e.term or "-", _num(e.coefficient), e.samples, e.step,
+             "" if e.conditional_on is None else f"alpha_u = {e.conditional_on['alpha_u']}"]
+            for k, e in result.items()]
+    click.echo(_table(["dir", "k*", "slope", "leading term", "coefficient", "samples", "step", "given"], rows))
+    click.echo("Hermite f_k(t): " + ", ".join(f"f{k}={v:.4g}" for k, v in enumerate(f)))
+
+
+@cli.command("oracle-mse")
+@_model_options
+def oracle_mse(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json):
+    """Per-direction MSE of the Bayes-optimal and the Wiener denoiser (quadrature)."""
+    from easyhard.oracles import per_direction_mse
+
+    model = _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t)
+    result = per_direction_mse(model, t)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    rows = [[k, f"{r['bayes']:.6f}", f"{r['linear']:.6f}", f"{r['linear'] - r['bayes']:.6f}"] for k, r in result.items()]
+    click.echo(_table(["dir", "bayes", "linear (Wiener)", "gain"], rows))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile (default)")
+@click.option("--full", "profile", flag_value="full", help="larger profile (meant for a GPU)")
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False),
+              help="output folder")
+@click.pass_context
+def reproduce(ctx, profile, out_dir):
+    """Reproduce the headline results into OUT (report.md, results.json, figures).
+
+    Without a subcommand this runs the theory report: the exponent table of the paper's canonical
+    settings and the per-direction oracle MSEs.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(theory, out_dir=out_dir, profile=profile)
+
+
+@reproduce.command()
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--quick", "profile", flag_value="quick", default=True, hidden=True)
+@click.option("--full", "profile", flag_value="full", hidden=True)
+def theory(out_dir, profile):
+    """Exponent table for the canonical settings (JSON + Markdown + figure)."""
+    from easyhard.experiments import CANONICAL_SETTINGS, run_theory_report, write_theory_report
+
+    start = time.perf_counter()
+    with click.progressbar(length=len(CANONICAL_SETTINGS) + 2, label="theory report", file=sys.stderr,
+                           item_show_func=lambda name: name) as bar:
+        results = run_theory_report(progress=lambda name: bar.update(1, name))
+    paths = write_theory_report(out_dir, results, {"command": "reproduce theory", "profile": profile})
+    rows = [[r["setting"]["name"], k, _num(d["exponent"], "d"), _num(d["slope"], ".3f"), d["samples"]]
+            for r in results["exponents"] for k, d in r["directions"].items()]
+    click.echo(_table(["setting", "dir", "k*", "slope", "samples"], rows))
+    click.echo(f"\nall exponents as predicted: {results['all_match']}")
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the click group, mapping bad input to one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="easyhard", standalone_mode=False)
+    except ConfigError as err:
+        click.echo(f"easyhard: error: {err}", err=True)
+        return 2
+    except click.UsageError as err:
+        click.echo(f"easyhard: error: {' '.join(err.format_message().split())}", err=True)
+        return 2
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.Abort:
+        click.echo("easyhard: aborted", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
