@@ -14,10 +14,10 @@ from easyhard.theory.hermite import (
     joint_moments,
     loss_polynomial,
 )
-from easyhard.theory.loss import SingleNeuron, constant_term, overlap_loss
+from easyhard.theory.loss import SingleNeuron, circle_minimiser, constant_term, overlap_loss
 
 __all__ = [
-    "DirectionExponent", "SingleNeuron", "constant_term", "diffusion_exponents", "hermite_coefficients",
+    "DirectionExponent", "SingleNeuron", "circle_minimiser", "constant_term", "diffusion_exponents", "hermite_coefficients",
     "hermite_he", "hermite_moment_polynomial", "joint_moments", "log_log_slope", "loss_polynomial", "loss_slope",
     "overlap_loss", "sample_complexity",
 ]

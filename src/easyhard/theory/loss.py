@@ -120,3 +120,23 @@ def overlap_loss(model: MixedCumulantModel, neuron: SingleNeuron, alpha_u, alpha
         var_y = (1 - b * b * av[sl] ** 2).clamp_min(0.0)
         out.append((neuron.expected_f(mu, var_y.expand_as(mu)) * w).sum((1, 2)))
     return torch.cat(out).reshape(alpha_u.shape)
+
+
+def circle_minimiser(model: MixedCumulantModel, neuron: SingleNeuron, n_grid: int = 721) -> tuple[float, float]:
+    """(alpha_u, alpha_v) = (cos theta, sin theta) minimising L on the unit circle of span(u, v).
+
+    A grid scan over theta in [0, 2 pi) followed by bounded Brent refinement around the best grid point.
+    (mcm_theory.md section 7: tanh, beta_u = beta_v = 5, sign coupling, t = 0.5 gives (0.937, 0.350).)
+    """
+    from scipy.optimize import minimize_scalar
+
+    def loss(theta):
+        theta = torch.as_tensor(theta, dtype=torch.float64)
+        return overlap_loss(model, neuron, torch.cos(theta), torch.sin(theta))
+
+    thetas = torch.linspace(0, 2 * math.pi, n_grid, dtype=torch.float64)[:-1]
+    best = float(thetas[int(torch.argmin(loss(thetas)))])
+    step = 2 * math.pi / (n_grid - 1)
+    res = minimize_scalar(lambda th: float(loss(th)), bounds=(best - step, best + step), method="bounded",
+                          options={"xatol": 1e-10})
+    return math.cos(res.x), math.sin(res.x)
