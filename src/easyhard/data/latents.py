@@ -158,7 +158,7 @@ class TwoPoint(LatentLaw):
         return math.sqrt((1 - p) / p), -math.sqrt(p / (1 - p))
 
     def sample(self, shape, generator=None, dtype=torch.float32, device="cpu"):
-        hi, lo = self._values()
+        hi, lo = (torch.tensor(x, dtype=torch.float64, device=device) for x in self._values())
         b = _uniform(shape, generator, torch.float64, device) < self.p
         return torch.where(b, hi, lo).to(dtype)
 
