@@ -447,3 +447,15 @@ def test_per_direction_mse_noise_rule_accuracy(law, beta_v, t):
     for comp in ("u", "v"):
         for key in ("bayes", "linear"):
             assert coarse[comp][key] == pytest.approx(fine[comp][key], abs=1e-4)
+
+
+def test_nonpositive_time_rejected():
+    from easyhard import ConfigError
+
+    model = MixedCumulantModel.create(d=D)
+    x_t = torch.zeros(2, D, dtype=torch.float64)
+    for t in (0.0, -0.5):
+        with pytest.raises(ConfigError, match="t"):
+            MCMBayesDenoiser(model)(x_t, t)
+        with pytest.raises(ConfigError, match="t"):
+            per_direction_mse(model, t)
