@@ -75,13 +75,13 @@ def test_unknown_activation_and_option(capsys):
     assert code == 2 and "--nope" in err and len(err.strip().splitlines()) == 1
 
 
-def test_reproduce_writes_report(tmp_path, capsys):
-    code, out, _ = _run(capsys, "reproduce", "--out", str(tmp_path / "out"))
+def test_reproduce_theory_writes_report(tmp_path, capsys):
+    code, out, _ = _run(capsys, "reproduce", "theory", "--out", str(tmp_path / "out"))
     assert code == 0
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"report.md", "results.json", "exponents.json", "run.json", "loss_curves.png"} <= files
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["all_match"] is True
+    assert results["theory"]["all_match"] is True and "staircase" not in results
     table = json.loads((tmp_path / "out" / "exponents.json").read_text())
     canonical = table["canonical: tanh, Rademacher, independent"]
     assert canonical["u"]["exponent"] == 2 and canonical["v"]["exponent"] == 4
@@ -89,3 +89,30 @@ def test_reproduce_writes_report(tmp_path, capsys):
     assert run["packages"]["torch"] and run["device"] and run["config"]["command"] == "reproduce theory"
     assert "| setting |" in (tmp_path / "out" / "report.md").read_text()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_reproduce_quick_writes_theory_and_staircase(tmp_path, capsys):
+    """The README's main job, shrunk: both parts land in one folder with figures embedded in the report."""
+    out_dir = tmp_path / "out"
+    code, out, _ = _run(capsys, "reproduce", "--quick", "--out", str(out_dir), "--dims", "16,24", "--seeds", "3",
+                        "--steps-per-d", "6")
+    assert code == 0
+    files = {p.name for p in out_dir.iterdir()}
+    assert {"report.md", "results.json", "run.json", "loss_curves.png", "staircase_overlaps.png",
+            "staircase_loss.png"} <= files
+    results = json.loads((out_dir / "results.json").read_text())
+    cells = results["staircase"]["cells"]
+    assert {(c["coupling"], c["d"]) for c in cells} == {(c, d) for c in ("independent", "sign") for d in (16, 24)}
+    for c in cells:
+        assert c["steps"] == 6 * c["d"] and len(c["seeds"]) == 3
+        assert 0 <= c["final_abs_alpha_u"] <= 1 and 0 <= c["final_abs_alpha_v"] <= 1
+    report = (out_dir / "report.md").read_text()
+    assert "![" in report and "staircase_overlaps.png" in report and "| setting |" in report
+    run = json.loads((out_dir / "run.json").read_text())
+    assert run["config"]["staircase"]["dims"] == [16, 24]
+    assert not [p for p in out_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_reproduce_rejects_bad_dims(capsys, tmp_path):
+    code, _, err = _run(capsys, "reproduce", "--out", str(tmp_path / "o"), "--dims", "4")
+    assert code == 2 and "d must be an integer >= 8" in err and len(err.strip().splitlines()) == 1

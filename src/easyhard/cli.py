@@ -5,6 +5,7 @@ Bad input exits with code 2 and one line on stderr naming the parameter; no trac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ import click
 from easyhard._validate import ConfigError, check_nonnegative, check_positive
 from easyhard.activations import ACTIVATIONS, make_activation
 from easyhard.data import COUPLINGS, LATENT_LAWS, MixedCumulantModel, make_latent_law
+from easyhard.train.online import DivergenceError
 
 _LAW_HELP = ", ".join(LATENT_LAWS) + " (two_point and bernoulli_gauss take --nu-param p, or NAME:p)"
 
@@ -103,40 +105,115 @@ def oracle_mse(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json):
     click.echo(_table(["dir", "bayes", "linear (Wiener)", "gain"], rows))
 
 
-@cli.group(invoke_without_command=True)
-@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile (default)")
-@click.option("--full", "profile", flag_value="full", help="larger profile (meant for a GPU)")
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False),
-              help="output folder")
-@click.pass_context
-def reproduce(ctx, profile, out_dir):
-    """Reproduce the headline results into OUT (report.md, results.json, figures).
-
-    Without a subcommand this runs the theory report: the exponent table of the paper's canonical
-    settings and the per-direction oracle MSEs.
-    """
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(theory, out_dir=out_dir, profile=profile)
+def _staircase_options(func):
+    """Overrides of the staircase profile."""
+    options = [
+        click.option("--dims", default=None, help="comma-separated dimensions d (>= 8) [default: the profile's]"),
+        click.option("--seeds", type=int, default=None, help="seeds (ensemble members) per cell [default: profile]"),
+        click.option("--steps-per-d", type=int, default=None, help="SGD steps per member, in units of d"),
+        click.option("--engine", default="auto", show_default=True, help="online-SGD engine: auto, numba or torch"),
+        click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
-@reproduce.command()
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--quick", "profile", flag_value="quick", default=True, hidden=True)
-@click.option("--full", "profile", flag_value="full", hidden=True)
-def theory(out_dir, profile):
-    """Exponent table for the canonical settings (JSON + Markdown + figure)."""
-    from easyhard.experiments import CANONICAL_SETTINGS, run_theory_report, write_theory_report
+def _parse_dims(dims: str | None) -> tuple[int, ...] | None:
+    if dims is None:
+        return None
+    try:
+        return tuple(int(x) for x in dims.split(","))
+    except ValueError:
+        raise ConfigError(f"--dims must be comma-separated integers >= 8 (got {dims!r})") from None
 
-    start = time.perf_counter()
+
+def _staircase_config(profile, dims, seeds, steps_per_d, engine, device):
+    import torch
+
+    from easyhard.experiments import profile as staircase_profile
+
+    overrides = {"dims": _parse_dims(dims), "seeds": seeds, "steps_per_d": steps_per_d, "engine": engine,
+                 "device": device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")}
+    return staircase_profile(profile, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _run_theory():
+    from easyhard.experiments import CANONICAL_SETTINGS, run_theory_report
+
     with click.progressbar(length=len(CANONICAL_SETTINGS) + 2, label="theory report", file=sys.stderr,
                            item_show_func=lambda name: name) as bar:
         results = run_theory_report(progress=lambda name: bar.update(1, name))
-    paths = write_theory_report(out_dir, results, {"command": "reproduce theory", "profile": profile})
     rows = [[r["setting"]["name"], k, _num(d["exponent"], "d"), _num(d["slope"], ".3f"), d["samples"]]
             for r in results["exponents"] for k, d in r["directions"].items()]
     click.echo(_table(["setting", "dir", "k*", "slope", "samples"], rows))
     click.echo(f"\nall exponents as predicted: {results['all_match']}")
+    return results
+
+
+def _run_staircase(config):
+    from easyhard.experiments import run_staircase
+
+    with click.progressbar(length=config.total_member_steps() // config.seeds, label="staircase (online SGD)",
+                           file=sys.stderr) as bar:
+        results = run_staircase(config, progress=bar.update)
+    rows = [[c["coupling"], c["d"], f"{c['final_abs_alpha_u']:.3f}", f"{c['final_abs_alpha_v']:.3f}",
+             f"{c['median_recovery_u_over_d']:.2f}", _num(c.get("v_within_window"), ".0%"),
+             "({:.3f}, {:.3f})".format(*c["final_direction_mean"])] for c in results["cells"]]
+    click.echo(_table(["coupling", "d", "|alpha_u|", "|alpha_v|", "n_hit(u)/d", "v in window", "direction"], rows))
+    click.echo(f"\nstaircase checks pass: {results['acceptance']['all_pass']}")
+    return results
+
+
+def _write(out_dir, config, start, **parts):
+    from easyhard.experiments import write_reproduction
+
+    paths = write_reproduction(out_dir, config, **parts)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - start:.1f} s")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile, < 5 min on 2 cores (default)")
+@click.option("--full", "profile", flag_value="full", help="larger d and more seeds (meant for a GPU)")
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False),
+              help="output folder")
+@_staircase_options
+@click.pass_context
+def reproduce(ctx, profile, out_dir, dims, seeds, steps_per_d, engine, device):
+    """Reproduce the headline results into OUT (report.md, results.json, figures).
+
+    Without a subcommand this runs both parts: the theory report (exponent table, oracle MSEs) and
+    the staircase experiment (online SGD, independent vs sign-coupled latents).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    start = time.perf_counter()
+    config = _staircase_config(profile, dims, seeds, steps_per_d, engine, device)
+    theory_results = _run_theory()
+    staircase_results = _run_staircase(config)
+    _write(out_dir, {"command": "reproduce", "profile": profile, "staircase": dataclasses.asdict(config)}, start,
+           theory=theory_results, staircase=staircase_results)
+
+
+@reproduce.command()
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
+def theory(out_dir):
+    """Exponent table for the canonical settings (JSON + Markdown + figure)."""
+    start = time.perf_counter()
+    _write(out_dir, {"command": "reproduce theory"}, start, theory=_run_theory())
+
+
+@reproduce.command()
+@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile (default)")
+@click.option("--full", "profile", flag_value="full", help="larger d and more seeds (meant for a GPU)")
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
+@_staircase_options
+def staircase(profile, out_dir, dims, seeds, steps_per_d, engine, device):
+    """Online-SGD staircase: |alpha_u|, |alpha_v| against steps/d for independent and sign-coupled latents."""
+    start = time.perf_counter()
+    config = _staircase_config(profile, dims, seeds, steps_per_d, engine, device)
+    _write(out_dir, {"command": "reproduce staircase", "profile": profile, "staircase": dataclasses.asdict(config)},
+           start, staircase=_run_staircase(config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.Exit as err:
         return err.exit_code
+    except DivergenceError as err:
+        click.echo(f"easyhard: error: {err}", err=True)
+        return 1
     except click.Abort:
         click.echo("easyhard: aborted", err=True)
         return 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,8 +15,6 @@ import torch
 from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel, make_latent_law
 from easyhard.oracles import per_direction_mse
-from easyhard.report import plot_loss_curves, render_markdown
-from easyhard.runs import atomic_write_json, atomic_write_text, environment_info
 from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients, overlap_loss
 from easyhard.theory.exponent import SLOPE_GRID
 
@@ -116,20 +113,3 @@ def run_theory_report(settings: tuple[TheorySetting, ...] = CANONICAL_SETTINGS,
                     "rows": [{"t": t, **per_direction_mse(model, t)} for t in MSE_TIMES]})
     return {"exponents": rows, "oracle_mse": mse,
             "all_match": all(d["matches"] for r in rows for d in r["directions"].values())}
-
-
-def write_theory_report(out_dir: str | Path, results: dict, config: dict) -> dict[str, Path]:
-    """Write results.json, exponents.json, report.md, the loss-curve figure and run.json (config + environment)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {**results, "environment": environment_info()}
-    figure = plot_loss_curves(results["exponents"], out / "loss_curves.png")
-    table = {row["setting"]["name"]: {k: {f: d[f] for f in ("exponent", "slope", "samples", "step", "coefficient")}
-                                      for k, d in row["directions"].items()} for row in results["exponents"]}
-    return {
-        "run": atomic_write_json(out / "run.json", {"config": config, **results["environment"]}),
-        "results": atomic_write_json(out / "results.json", results),
-        "exponents": atomic_write_json(out / "exponents.json", table),
-        "report": atomic_write_text(out / "report.md", render_markdown(results, figure.name)),
-        "figure": figure,
-    }

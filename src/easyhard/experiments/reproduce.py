@@ -1,0 +1,52 @@
+"""``easyhard reproduce``: the theory report and the staircase experiment into one folder.
+
+Writes report.md (both parts, figures embedded), results.json ({"theory", "staircase",
+"environment"}), exponents.json, run.json (config, package versions, device) and the PNG figures,
+each atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from easyhard.report import plot_loss_curves, render_markdown
+from easyhard.report.staircase import plot_loss, plot_overlaps, render_staircase
+from easyhard.runs import atomic_write_json, atomic_write_text, environment_info
+
+
+def write_staircase_figures(out: Path, staircase: dict) -> dict[str, str]:
+    """The overlap and loss figures of the staircase; returns {caption: file name}."""
+    over = plot_overlaps(staircase["cells"], out / "staircase_overlaps.png")
+    loss = plot_loss(staircase["cells"], out / "staircase_loss.png")
+    return {"overlaps against steps/d": over.name, "excess loss against steps/d": loss.name}
+
+
+def write_reproduction(out_dir: str | Path, config: dict, theory: dict | None = None,
+                       staircase: dict | None = None) -> dict[str, Path]:
+    """Write whichever parts were run; returns the written paths by role."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment_info()
+    paths: dict[str, Path] = {}
+    parts = ["# easyhard reproduction report", ""]
+    results: dict = {}
+    if theory is not None:
+        theory = {**theory, "environment": env}
+        paths["loss_curves"] = plot_loss_curves(theory["exponents"], out / "loss_curves.png")
+        parts.append(render_markdown(theory, paths["loss_curves"].name).replace("# easyhard theory report",
+                                                                             "## Theory: exponents and oracle MSEs"))
+        table = {row["setting"]["name"]: {k: {f: d[f] for f in ("exponent", "slope", "samples", "step", "coefficient")}
+                                          for k, d in row["directions"].items()} for row in theory["exponents"]}
+        paths["exponents"] = atomic_write_json(out / "exponents.json", table)
+        results["theory"] = theory
+    if staircase is not None:
+        figures = write_staircase_figures(out, staircase)
+        for name in figures.values():
+            paths[name] = out / name
+        parts.append(render_staircase(staircase, figures))
+        results["staircase"] = staircase
+    results["environment"] = env
+    paths["run"] = atomic_write_json(out / "run.json", {"config": config, **env})
+    paths["results"] = atomic_write_json(out / "results.json", results)
+    paths["report"] = atomic_write_text(out / "report.md", "\n".join(parts))
+    return paths

@@ -1,0 +1,180 @@
+"""The staircase experiment: online SGD of the tied single neuron on independent vs sign-coupled latents.
+
+mcm_theory.md section 7. With independent latents the covariance spike u is learned at ~ d log d
+steps while the fourth-cumulant spike v stays at O(d^-1/2); with sign-coupled latents (nu = sign
+lambda) the bilinear term c_11 alpha_u alpha_v pulls v along once u is learned, and w settles near
+the population-loss minimiser on the unit circle of span(u, v). Every number in the results comes
+from the runs; the theory supplies only the predicted fixed point and the oracle loss levels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
+from easyhard.activations import make_activation
+from easyhard.data import MixedCumulantModel
+from easyhard.metrics import aligned_fraction, sustained_recovery
+from easyhard.models import Committee
+from easyhard.oracles import per_direction_mse
+from easyhard.theory import SingleNeuron, circle_minimiser, overlap_loss
+from easyhard.train import OnlineSGDConfig, run_online_sgd
+
+COUPLINGS = ("independent", "sign")
+
+
+@dataclass(frozen=True)
+class StaircaseConfig:
+    """Staircase settings; defaults are the spec's (tanh, t = 0.5, beta_u = beta_v = 5, eta = 0.5/d, 40 d steps)."""
+
+    dims: tuple[int, ...] = (64, 128)
+    seeds: int = 16
+    couplings: tuple[str, ...] = COUPLINGS
+    activation: str = "tanh"
+    beta_u: float = 5.0
+    beta_v: float = 5.0
+    t: float = 0.5
+    delta: float = 0.5
+    steps_per_d: int = 40
+    threshold: float = 0.5
+    v_threshold: float = 0.2
+    v_window_per_d: float = 10.0
+    base_seed: int = 0
+    engine: str = "auto"
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not self.dims:
+            raise ConfigError("dims must hold at least one dimension d >= 8")
+        for d in self.dims:
+            check_int_at_least("d", d, 8)
+        check_int_at_least("seeds", self.seeds, 1)
+        for c in self.couplings:
+            check_choice("coupling", c, COUPLINGS)
+        for name in ("beta_u", "beta_v", "t", "delta", "v_window_per_d"):
+            check_positive(name, getattr(self, name))
+        check_int_at_least("steps_per_d", self.steps_per_d, 1)
+
+    def model(self, d: int, coupling: str) -> MixedCumulantModel:
+        return MixedCumulantModel.create(d=d, beta_u=self.beta_u, beta_v=self.beta_v, coupling=coupling)
+
+    def neuron(self) -> SingleNeuron:
+        return SingleNeuron(make_activation(self.activation, beta_v=self.beta_v, t=self.t), self.t)
+
+    def sgd(self, d: int) -> OnlineSGDConfig:
+        return OnlineSGDConfig(steps=self.steps_per_d * d, delta=self.delta, p=1.0, t=self.t,
+                               thresholds=tuple(sorted({self.v_threshold, self.threshold})), engine=self.engine,
+                               device=self.device, dtype=self.dtype)
+
+    def total_member_steps(self) -> int:
+        return len(self.couplings) * self.seeds * sum(self.steps_per_d * d for d in self.dims)
+
+
+PROFILES = {
+    "quick": StaircaseConfig(dims=(64, 128, 256), seeds=32),
+    "full": StaircaseConfig(dims=(128, 256, 512, 1024), seeds=256, dtype="float32"),
+}
+
+
+def oracle_levels(model: MixedCumulantModel, t: float) -> dict[str, float]:
+    """Total x0-MSE (summed over the d dimensions) of the Bayes and of the Gaussian (Wiener) denoiser.
+
+    Outside span(u, v) the data are isotropic N(0, 1) and both denoisers reach Delta per dimension;
+    along u and v they reach the per-direction MSEs of :func:`easyhard.oracles.per_direction_mse`.
+    """
+    per = per_direction_mse(model, t)
+    bulk = (model.d - 2) * -math.expm1(-2 * t)
+    return {"bayes": bulk + per["u"]["bayes"] + per["v"]["bayes"],
+            "gaussian": bulk + per["u"]["linear"] + per["v"]["linear"]}
+
+
+def _span_direction(alpha: np.ndarray) -> np.ndarray:
+    """Per-seed unit direction of w projected on span(u, v), sign fixed so that alpha_u >= 0: (E, 2)."""
+    uv = alpha[:, :2] * np.where(alpha[:, :1] < 0, -1.0, 1.0)
+    return uv / np.linalg.norm(uv, axis=1, keepdims=True)
+
+
+def _quartiles(x: np.ndarray) -> dict[str, list[float]]:
+    """Mean, 25% and 75% quantiles over the seed axis (last) of (L, E) data."""
+    return {"mean": x.mean(-1).tolist(), "q25": np.quantile(x, 0.25, -1).tolist(),
+            "q75": np.quantile(x, 0.75, -1).tolist()}
+
+
+def run_cell(config: StaircaseConfig, d: int, coupling: str, progress: Callable[[int], None] | None = None) -> dict:
+    """One (coupling, d) cell: ``config.seeds`` runs, reduced to the curves and numbers of the report."""
+    model = config.model(d, coupling)
+    neuron = config.neuron()
+    net = Committee(d=d, K=1, activation=neuron.activation)
+    seeds = [config.base_seed * 1_000_003 + 7919 * d + 104_729 * COUPLINGS.index(coupling) + i
+             for i in range(config.seeds)]
+    res = run_online_sgd(net, model, config.sgd(d), seeds, progress)
+    alpha = res.overlaps[:, :, 0, :]  # (L, E, 3)
+    au, av = np.abs(alpha[..., 0]), np.abs(alpha[..., 1])
+    n_u = sustained_recovery(res.hits(config.threshold)[:, 0, 0], res.log_steps, au, config.threshold)
+    hit_v = res.hits(config.v_threshold)[:, 0, 1]
+    steps = res.log_steps
+    theory_loss = overlap_loss(model, neuron, torch.from_numpy(alpha[..., 0]), torch.from_numpy(alpha[..., 1]))
+    levels = oracle_levels(model, config.t)
+    final_dir = _span_direction(alpha[-1])
+    out = {
+        "d": d, "coupling": coupling, "seeds": seeds, "steps": int(steps[-1]), "eta": float(res.etas[0]),
+        "engine": res.engine,
+        "curves": {"steps_over_d": (steps / d).tolist(), "abs_alpha_u": _quartiles(au), "abs_alpha_v": _quartiles(av),
+                   "loss_steps_over_d": (steps[1:] / d).tolist(), "loss": _quartiles(res.loss),
+                   "population_loss": _quartiles(theory_loss.numpy())},
+        "oracle_loss": levels,
+        "population_loss_random_start": float(overlap_loss(model, neuron, 0.0, 0.0)),
+        "final_abs_alpha_u": float(au[-1].mean()), "final_abs_alpha_v": float(av[-1].mean()),
+        "max_mean_abs_alpha_v": float(av.mean(1).max()), "v_bound": 4 / math.sqrt(d),
+        "recovery_steps_u": n_u.tolist(), "recovered_u": float((n_u >= 0).mean()),
+        "median_recovery_u_over_d": _censored_median(n_u, steps[-1]) / d,
+        "aligned_fraction_u": float(aligned_fraction(steps, au, config.threshold).mean()),
+        "first_hit_v": hit_v.tolist(),
+        "final_direction_mean": final_dir.mean(0).tolist(),
+        "final_direction_spread": final_dir.std(0).tolist(),
+    }
+    if coupling == "sign":
+        lag = np.where((n_u >= 0) & (hit_v >= 0), hit_v - n_u, np.inf)
+        out["v_lag_after_u"] = [float(x) if np.isfinite(x) else None for x in lag]
+        out["v_within_window"] = float((lag <= config.v_window_per_d * d).mean())
+        out["theory_minimiser"] = list(circle_minimiser(model, neuron))
+        out["direction_error"] = np.abs(final_dir.mean(0) - np.abs(out["theory_minimiser"])).tolist()
+    return out
+
+
+def _censored_median(n_hit: np.ndarray, budget: int) -> float:
+    """Median of recovery steps with misses counted as +inf (inf when half or more missed)."""
+    return float(np.median(np.where(n_hit >= 0, n_hit, np.inf).astype(float))) if len(n_hit) else math.inf
+
+
+def acceptance(cells: list[dict], config: StaircaseConfig) -> dict:
+    """The issue's pass/fail checks, computed from the run results (mcm_theory.md section 7, H4)."""
+    checks = {}
+    for c in cells:
+        key = f"{c['coupling']} d={c['d']}"
+        if c["coupling"] == "independent":
+            checks[key] = {"alpha_u >= 0.7": c["final_abs_alpha_u"] >= 0.7,
+                           "mean |alpha_v| < 4/sqrt(d) at every record": c["max_mean_abs_alpha_v"] < c["v_bound"]}
+        else:
+            checks[key] = {f"|alpha_v| >= {config.v_threshold} within {config.v_window_per_d:g} d steps of n_hit(u)":
+                           c["v_within_window"] == 1.0,
+                           "direction matches the theory minimiser to 0.05": max(c["direction_error"]) <= 0.05}
+    return {"checks": checks, "all_pass": all(v for cell in checks.values() for v in cell.values())}
+
+
+def run_staircase(config: StaircaseConfig, progress: Callable[[int], None] | None = None) -> dict:
+    """All (coupling, d) cells; returns a JSON-ready dict with the acceptance checks."""
+    cells = [run_cell(config, d, c, progress) for c in config.couplings for d in config.dims]
+    return {"config": {**asdict(config)}, "cells": cells, "acceptance": acceptance(cells, config)}
+
+
+def profile(name: str, **overrides) -> StaircaseConfig:
+    """A named profile ("quick" for CPU, "full" for a GPU) with optional field overrides."""
+    check_choice("profile", name, PROFILES)
+    return replace(PROFILES[name], **overrides)

@@ -1,0 +1,447 @@
+"""Online SGD of simple denoisers on the mixed cumulant model, E runs at once (mcm_theory.md section 8.1).
+
+Each of the E ensemble members is an independent run with its own seed (and optionally its own step
+size and data model). A step draws one sample x0 (fresh, or from a fixed training set of n samples
+visited in reshuffled passes), one noise xi and a time t, and takes a (spherical) SGD step on
+
+    l = weight(t) ||x0 - D_w(a_t x0 + s_t xi)||^2.
+
+Two engines run the same maths on the same random numbers:
+
+- ``numba`` (CPU): a fused, parallel kernel (:mod:`easyhard.train._kernel`) that draws the Gaussians
+  of member e from its own xoshiro256** stream, so an ensemble run equals E separate runs bit for bit;
+- ``torch`` (CPU or CUDA): :class:`easyhard.models.Committee` gradients on a leading member axis. On
+  CPU it reads the same member streams as the kernel (for cross-checks); on CUDA it draws a block of
+  noise at once from one device generator and never synchronises with the host inside a block.
+
+Latents (lambda, nu), random times and training-set orders come from a per-member torch generator
+in chunks of fixed length, so they too do not depend on E. Observables go into preallocated buffers
+at log-spaced steps: the overlaps of every neuron with u, v, m and the mean sample loss since the
+previous record; the first step at which |alpha| reaches each threshold is tracked every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from easyhard._validate import (
+    ConfigError,
+    check_choice,
+    check_int_at_least,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+)
+from easyhard.activations import Matched
+from easyhard.data.latents import Rademacher
+from easyhard.data.mcm import MixedCumulantModel
+from easyhard.models import Committee, plain_step, spherical_step
+
+ENGINES = ("auto", "numba", "torch")
+WEIGHTINGS = ("none", "eps")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: steps per chunk of latents / times / orders drawn from the member generators (fixed: keeps streams E-independent)
+CHUNK = 2048
+
+
+class DivergenceError(RuntimeError):
+    """A run produced non-finite weights or loss; the message names the members and the step."""
+
+
+@dataclass(frozen=True)
+class OnlineSGDConfig:
+    """Online SGD settings (mcm_theory.md section 8.1).
+
+    steps: SGD steps per member; step size eta = delta / d**p (``delta`` a number or one per member).
+    spherical: project the gradient on the tangent space and renormalise (else plain SGD).
+    n_samples: None for a fresh sample every step, else a fixed training set of that many samples
+        per member, visited in passes with a fresh random order each pass (multi-pass SGD).
+    t: fixed OU time, or ``t_range`` = (t_min, t_max) to draw t ~ U(t_min, t_max) every step.
+    weighting: loss weight per step, "none" (x0-loss) or "eps" (a_t^2/s_t^2: the noise-prediction loss).
+    n_logs: number of log-spaced record points (half as many linearly spaced ones are added).
+    thresholds: |alpha| levels whose first-passage steps are tracked at every step.
+    engine: "numba" (CPU kernel), "torch" (CPU/CUDA), or "auto" (numba on CPU when supported).
+    """
+
+    steps: int = 10_000
+    delta: float | tuple[float, ...] = 0.5
+    p: float = 1.0
+    spherical: bool = True
+    n_samples: int | None = None
+    t: float = 0.5
+    t_range: tuple[float, float] | None = None
+    weighting: str = "none"
+    n_logs: int = 120
+    thresholds: tuple[float, ...] = (0.2, 0.5)
+    engine: str = "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_int_at_least("steps", self.steps, 1)
+        for i, dl in enumerate(self.deltas):
+            check_positive("delta" if len(self.deltas) == 1 else f"delta[{i}]", dl)
+        check_nonnegative("p", self.p)
+        if self.n_samples is not None:
+            check_int_at_least("n_samples", self.n_samples, 1)
+        check_positive("t", self.t)
+        if self.t_range is not None:
+            lo, hi = self.t_range
+            check_positive("t_range[0]", lo)
+            if not hi > lo:
+                raise ConfigError(f"t_range must satisfy 0 < t_min < t_max (got {self.t_range})")
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_int_at_least("n_logs", self.n_logs, 2)
+        if not self.thresholds:
+            raise ConfigError("thresholds must hold at least one level in (0, 1]")
+        for th in self.thresholds:
+            check_unit_interval("thresholds", th)
+        check_choice("engine", self.engine, ENGINES)
+        check_choice("dtype", self.dtype, DTYPES)
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be cpu or cuda[:N] (got {self.device!r})")
+
+    @property
+    def deltas(self) -> tuple[float, ...]:
+        return tuple(self.delta) if isinstance(self.delta, (tuple, list)) else (float(self.delta),)
+
+    def etas(self, d: int, E: int) -> np.ndarray:
+        """Per-member step sizes eta_e = delta_e / d**p, shape (E,)."""
+        deltas = self.deltas
+        if len(deltas) not in (1, E):
+            raise ConfigError(f"delta must be one number or one per member ({E}), got {len(deltas)} values")
+        return np.broadcast_to(np.asarray(deltas, dtype=np.float64) / d**self.p, (E,)).copy()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class OnlineSGDResult:
+    """What one ensemble run recorded.
+
+    log_steps (L,): steps after which the state was recorded (0 = initialisation).
+    overlaps (L, E, K, 3): w_k . (u, v, m) / ||w_k|| at those steps.
+    loss (L-1, E): mean weighted sample loss over the steps (log_steps[l-1], log_steps[l]].
+    first_hit (E, K, 3, T): first step with |overlap| >= thresholds[T] (-1: never), checked every step.
+    params: final parameters {"w": (E,K,d)[, "o": (E,K,d)]} on the host.
+    """
+
+    log_steps: np.ndarray
+    overlaps: np.ndarray
+    loss: np.ndarray
+    first_hit: np.ndarray
+    thresholds: tuple[float, ...]
+    etas: np.ndarray
+    seeds: tuple[int, ...]
+    engine: str
+    params: dict[str, torch.Tensor] = field(repr=False)
+    training_counts: np.ndarray | None = field(default=None, repr=False)
+
+    def hits(self, threshold: float) -> np.ndarray:
+        """first_hit at one of the tracked thresholds: (E, K, 3)."""
+        if threshold not in self.thresholds:
+            raise ConfigError(f"threshold must be one of the tracked {self.thresholds} (got {threshold})")
+        return self.first_hit[..., self.thresholds.index(threshold)]
+
+
+def log_steps(steps: int, n_logs: int) -> np.ndarray:
+    """0, ``n_logs`` geometrically spaced steps in [1, steps] and ``n_logs // 2`` linearly spaced ones."""
+    geo = np.rint(np.geomspace(1, steps, n_logs))
+    lin = np.rint(np.linspace(0, steps, n_logs // 2 + 1))
+    return np.unique(np.concatenate([[0], geo, lin, [steps]])).astype(np.int64)
+
+
+def _matched_coefficients(act: Matched) -> tuple[float, float, float]:
+    """sigma_match(h) = c1 h + c2 tanh(c3 h) for Rademacher nu (section 4.3)."""
+    from easyhard.oracles.bayes_mcm import GaussianChannels
+
+    ch = GaussianChannels.at(0.0, act.beta_v, act.t)
+    b = math.sqrt(act.beta_v / (1 + act.beta_v))
+    return ch.a / ((1 + act.beta_v) * ch.s2) - ch.a, b * ch.delta / ch.s2, ch.m_v / ch.s2
+
+
+def _numba_support(model: Committee, config: OnlineSGDConfig) -> str | None:
+    """None if the numba kernel runs this setting, else the reason it cannot."""
+    if not config.device == "cpu":
+        return "the numba engine runs on the CPU only"
+    from easyhard.train._kernel import ACTIVATION_CODES
+
+    act = model.activation
+    if act.name not in ACTIVATION_CODES:
+        return f"activation {act.name!r} has no kernel code"
+    if isinstance(act, Matched):
+        if not isinstance(act.law, Rademacher):
+            return "the kernel's matched activation is the Rademacher closed form"
+        if config.t_range is not None:
+            return "the matched activation is defined at one time t"
+    return None
+
+
+def _resolve_engine(model: Committee, config: OnlineSGDConfig) -> str:
+    reason = _numba_support(model, config)
+    if config.engine == "numba" and reason is not None:
+        raise ConfigError(f"engine 'numba' unavailable: {reason}")
+    if config.engine == "auto":
+        return "numba" if reason is None else "torch"
+    return config.engine
+
+
+class _MemberDraws:
+    """Per-member torch generators for initialisation, training sets, latents, times and orders."""
+
+    def __init__(self, seeds: Sequence[int]):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.perms: list[torch.Tensor] = []
+        self.pos = 0
+
+    def chunk(self, models, length: int, config: OnlineSGDConfig, skip: Callable) -> dict[str, np.ndarray]:
+        """Draws for ``length`` steps: lam, nu (E,C); idx (E,C) in finite mode; tco (E,C,4) = (a, s, c, weight)."""
+        E = len(self.gens)
+        lam = np.zeros((E, length))
+        nu = np.zeros((E, length))
+        t = np.full((E, length), config.t)
+        for e, gen in enumerate(self.gens):
+            if config.n_samples is None:
+                la, n_ = models[e].latents.sample(length, gen, torch.float64)
+                lam[e], nu[e] = la.numpy(), n_.numpy()
+            if config.t_range is not None:
+                lo, hi = config.t_range
+                t[e] = (lo + (hi - lo) * torch.rand(length, generator=gen, dtype=torch.float64)).numpy()
+        idx = self._orders(length, config.n_samples) if config.n_samples is not None else np.zeros((E, length), np.int64)
+        a = np.exp(-t)
+        s = np.sqrt(-np.expm1(-2 * t))
+        c = np.asarray(skip(torch.from_numpy(t)), dtype=np.float64) * np.ones_like(t)
+        weight = a * a / (s * s) if config.weighting == "eps" else np.ones_like(t)
+        return {"lam": lam, "nu": nu, "idx": idx, "t": t, "tco": np.ascontiguousarray(np.stack([a, s, c, weight], -1))}
+
+    def _orders(self, length: int, n: int) -> np.ndarray:
+        """Training-set indices for ``length`` steps: passes over range(n), each in a fresh random order."""
+        out = np.empty((len(self.gens), length), np.int64)
+        filled = 0
+        while filled < length:
+            if not self.perms or self.pos == n:
+                self.perms = [torch.randperm(n, generator=g) for g in self.gens]
+                self.pos = 0
+            take = min(length - filled, n - self.pos)
+            for e, perm in enumerate(self.perms):
+                out[e, filled:filled + take] = perm[self.pos:self.pos + take].numpy()
+            self.pos += take
+            filled += take
+        return out
+
+
+def _data_arrays(models: Sequence[MixedCumulantModel]) -> tuple[np.ndarray, np.ndarray]:
+    """Spikes P (E,3,d) and sampler coefficients (E,4) = (sqrt beta_u, sqrt beta_v, shrink, beta_m)."""
+    P = np.stack([m.spike_vectors(torch.float64).numpy() for m in models])
+    coef = np.array([[math.sqrt(m.beta_u), math.sqrt(m.beta_v), m.whitening_shrink, m.beta_m] for m in models])
+    return P, coef
+
+
+def _check_inputs(model: Committee, data, seeds) -> list[MixedCumulantModel]:
+    E = len(seeds)
+    if E < 1:
+        raise ConfigError("seeds must hold at least one seed (one per ensemble member)")
+    if len(set(int(s) for s in seeds)) != E:
+        raise ConfigError("seeds must be distinct (one independent run per member)")
+    models = [data] * E if isinstance(data, MixedCumulantModel) else list(data)
+    if len(models) != E:
+        raise ConfigError(f"data must be one model or one per member ({E}), got {len(models)}")
+    for m in models:
+        if m.d != model.d:
+            raise ConfigError(f"data dimension d={m.d} does not match the model's d={model.d}")
+    return models
+
+
+def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCumulantModel],
+                   config: OnlineSGDConfig, seeds: Sequence[int],
+                   progress: Callable[[int], None] | None = None) -> OnlineSGDResult:
+    """Run ``len(seeds)`` independent online-SGD runs of ``model`` on ``data`` (section 8.1).
+
+    ``progress(k)`` is called with the number of steps just completed (for a progress bar).
+    Raises :class:`DivergenceError` when weights or loss stop being finite (checked at every record).
+    """
+    models = _check_inputs(model, data, seeds)
+    engine = _resolve_engine(model, config)
+    from easyhard.train._rng import seed_states
+
+    E, d = len(seeds), model.d
+    etas = config.etas(d, E)
+    draws = _MemberDraws(seeds)
+    params = {k: torch.cat([model.init(1, generator=g, dtype=torch.float64)[k] for g in draws.gens])
+              for k in model.init(1, dtype=torch.float64)}
+    X = None
+    if config.n_samples is not None:
+        X = torch.stack([m.sample(config.n_samples, g, torch.float64) for m, g in zip(models, draws.gens)])
+    P, coef = _data_arrays(models)
+    states = seed_states([int(s) for s in seeds])
+    steps_log = log_steps(config.steps, config.n_logs)
+    thr = np.asarray(config.thresholds, dtype=np.float64)
+    runner = (_NumbaRunner if engine == "numba" else _TorchRunner)(model, config, params, X, P, coef, states, etas, thr)
+    overlaps = np.empty((len(steps_log), E, model.K, 3))
+    loss = np.empty((len(steps_log) - 1, E))
+    overlaps[0] = runner.overlaps()
+    counts = np.zeros((E, config.n_samples), np.int64) if config.n_samples is not None else None
+    rec = 1
+    for start in range(0, config.steps, CHUNK):
+        length = min(CHUNK, config.steps - start)
+        chunk = draws.chunk(models, length, config, model.skip_coefficient)
+        if counts is not None:
+            np.add.at(counts, (np.arange(E)[:, None], chunk["idx"]), 1)
+        runner.load_chunk(chunk)
+        i = 0
+        while i < length:
+            stop = min(length, int(steps_log[rec]) - start)
+            runner.run(i, stop, start)
+            if progress is not None:
+                progress(stop - i)
+            i = stop
+            if start + i == steps_log[rec]:
+                loss[rec - 1] = runner.take_loss() / (steps_log[rec] - steps_log[rec - 1])
+                overlaps[rec] = runner.overlaps()
+                _check_finite(overlaps[rec], loss[rec - 1], int(steps_log[rec]))
+                rec += 1
+    return OnlineSGDResult(steps_log, overlaps, loss, runner.first_hit(), tuple(config.thresholds), etas,
+                           tuple(int(s) for s in seeds), engine, runner.params(), counts)
+
+
+def _check_finite(overlaps: np.ndarray, loss: np.ndarray, step: int) -> None:
+    bad = ~(np.isfinite(overlaps).all(axis=(1, 2)) & np.isfinite(loss))
+    if bad.any():
+        members = np.flatnonzero(bad)
+        raise DivergenceError(f"SGD diverged (non-finite weights or loss) by step {step} in members "
+                              f"{members[:8].tolist()}{' ...' if len(members) > 8 else ''}; lower delta")
+
+
+class _NumbaRunner:
+    """State of the numba engine: numpy arrays advanced in place by :func:`_kernel.run_steps`."""
+
+    def __init__(self, model, config, params, X, P, coef, states, etas, thr):
+        from easyhard.train._kernel import ACTIVATION_CODES
+
+        dt = np.float32 if config.dtype == "float32" else np.float64
+        self.model, self.config = model, config
+        self.W = np.ascontiguousarray(params["w"].numpy().astype(dt))
+        self.O = np.ascontiguousarray(params["o"].numpy().astype(dt)) if "o" in params else np.zeros((1, 1, 1), dt)
+        self.X = np.ascontiguousarray(X.numpy().astype(dt)) if X is not None else np.zeros((1, 1, 1), dt)
+        self.P, self.coef, self.states, self.etas, self.thr = P, coef, states, etas, thr
+        self.code = ACTIVATION_CODES[model.activation.name]
+        act = model.activation
+        self.act_par = np.array(_matched_coefficients(act) if isinstance(act, Matched) else (0.0, 0.0, 0.0))
+        self.loss_acc = np.zeros(len(etas))
+        self.hits = np.full((*self.W.shape[:2], 3, len(thr)), -1, np.int64)
+
+    def load_chunk(self, chunk):
+        self.chunk = chunk
+
+    def run(self, i0, i1, step0):
+        from easyhard.train._kernel import run_steps
+
+        c, m = self.chunk, self.model
+        run_steps(self.W, self.O, self.states, self.P, self.coef, c["lam"], c["nu"], self.X, c["idx"], c["tco"],
+                  i0, i1, step0, self.code, self.act_par, float(m.K) ** (-m.omega), float(m.a_out),
+                  m.second_layer == "tied", self.config.spherical, self.config.n_samples is not None,
+                  self.etas, self.loss_acc, self.thr, self.hits)
+
+    def take_loss(self):
+        out = self.loss_acc.copy()
+        self.loss_acc[:] = 0.0
+        return out
+
+    def overlaps(self):
+        W = self.W.astype(np.float64)
+        return np.einsum("ekd,eqd->ekq", W, self.P) / np.linalg.norm(W, axis=-1)[..., None]
+
+    def first_hit(self):
+        return self.hits.copy()
+
+    def params(self):
+        out = {"w": torch.from_numpy(self.W.copy())}
+        if self.model.second_layer == "untied":
+            out["o"] = torch.from_numpy(self.O.copy())
+        return out
+
+
+class _TorchRunner:
+    """State of the torch engine: tensors on ``config.device`` with a leading member axis."""
+
+    def __init__(self, model, config, params, X, P, coef, states, etas, thr):
+        self.model, self.config = model, config
+        self.dev, self.dt = torch.device(config.device), DTYPES[config.dtype]
+        put = lambda a: torch.as_tensor(a).to(self.dev, self.dt)  # noqa: E731
+        self.p = {k: put(v) for k, v in params.items()}
+        self.X = put(X) if X is not None else None
+        self.P = put(P)
+        self.coef = put(coef)
+        self.states = states
+        self.eta = put(etas)
+        self.thr = put(thr)
+        E = len(etas)
+        self.members = torch.arange(E, device=self.dev)
+        self.loss_acc = torch.zeros(E, device=self.dev, dtype=torch.float64)
+        self.hits = torch.full((*self.p["w"].shape[:2], 3, len(thr)), -1, dtype=torch.int64, device=self.dev)
+        self.cuda_gen = None
+        if self.dev.type == "cuda":
+            self.cuda_gen = torch.Generator(self.dev).manual_seed(int(np.uint64(states[0, 0]) >> np.uint64(1)))
+
+    def load_chunk(self, chunk):
+        """Move the chunk's draws to the device and draw its Gaussians (same member streams as the kernel on CPU)."""
+        from easyhard.train._rng import fill_normal
+
+        E, C = chunk["tco"].shape[:2]
+        per_step = 1 if self.config.n_samples is not None else 2
+        d = self.model.d
+        if self.cuda_gen is None:
+            buf = np.empty((E, C * per_step * d))
+            fill_normal(self.states, buf)
+            noise = torch.from_numpy(buf).view(E, C, per_step, d).to(self.dt)
+        else:
+            noise = torch.randn((E, C, per_step, d), generator=self.cuda_gen, device=self.dev, dtype=self.dt)
+        self.noise = noise.to(self.dev)
+        self.chunk = {k: torch.as_tensor(v).to(self.dev) for k, v in chunk.items()}
+
+    def run(self, i0, i1, step0):
+        m, ch, (u, v, mm) = self.model, self.chunk, self.P.unbind(1)
+        sbu, sbv, shrink, bm = (c[:, None] for c in self.coef.unbind(1))
+        tco = ch["tco"].to(self.dt)
+        for i in range(i0, i1):
+            a, s, wt = tco[:, i, 0:1], tco[:, i, 1:2], tco[:, i, 3]
+            if self.X is not None:
+                x0 = self.X[self.members, ch["idx"][:, i]]
+                xi = self.noise[:, i, 0]
+            else:
+                z, xi = self.noise[:, i, 0], self.noise[:, i, 1]
+                vz = (v * z).sum(-1, keepdim=True)
+                cv = sbv * ch["nu"][:, i:i + 1].to(self.dt) * (1 - shrink) - shrink * vz
+                x0 = z + sbu * ch["lam"][:, i:i + 1].to(self.dt) * u + cv * v + bm * mm
+            xt = a * x0 + s * xi
+            t = ch["t"][:, i:i + 1].to(self.dt)
+            x0b, xtb = x0[:, None], xt[:, None]
+            self.loss_acc += (wt * m.sample_loss(self.p, x0b, xtb, t)[:, 0]).double()
+            grads = m.gradients(self.p, x0b, xtb, t, weight=wt[:, None])
+            step = spherical_step if self.config.spherical else plain_step
+            self.p["w"] = step(self.p["w"], grads["w"], self.eta)
+            if "o" in grads:
+                self.p["o"] = plain_step(self.p["o"], grads["o"], self.eta)
+            al = m.overlaps(self.p, self.P).abs()
+            new = (self.hits < 0) & (al[..., None] >= self.thr)
+            self.hits = torch.where(new, torch.full_like(self.hits, step0 + i + 1), self.hits)
+
+    def take_loss(self):
+        out = self.loss_acc.cpu().numpy().copy()
+        self.loss_acc.zero_()
+        return out
+
+    def overlaps(self):
+        return self.model.overlaps(self.p, self.P).double().cpu().numpy()
+
+    def first_hit(self):
+        return self.hits.cpu().numpy()
+
+    def params(self):
+        return {k: v.cpu() for k, v in self.p.items()}
