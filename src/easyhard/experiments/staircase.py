@@ -9,6 +9,7 @@ from the runs; the theory supplies only the predicted fixed point and the oracle
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -22,7 +23,7 @@ from easyhard.data import MixedCumulantModel
 from easyhard.metrics import aligned_fraction, sustained_recovery
 from easyhard.models import Committee
 from easyhard.oracles import per_direction_mse
-from easyhard.theory import SingleNeuron, circle_minimiser, overlap_loss
+from easyhard.theory import SingleNeuron, circle_minimiser, constant_term, overlap_loss
 from easyhard.train import OnlineSGDConfig, run_online_sgd
 
 COUPLINGS = ("independent", "sign")
@@ -82,16 +83,65 @@ PROFILES = {
 }
 
 
-def oracle_levels(model: MixedCumulantModel, t: float) -> dict[str, float]:
+def oracle_levels(model: MixedCumulantModel, t: float, per_direction: dict | None = None) -> dict[str, float]:
     """Total x0-MSE (summed over the d dimensions) of the Bayes and of the Gaussian (Wiener) denoiser.
 
     Outside span(u, v) the data are isotropic N(0, 1) and both denoisers reach Delta per dimension;
-    along u and v they reach the per-direction MSEs of :func:`easyhard.oracles.per_direction_mse`.
+    along u and v they reach the per-direction MSEs of :func:`easyhard.oracles.per_direction_mse`
+    (pass them as ``per_direction`` to reuse them across d: they do not depend on d).
     """
-    per = per_direction_mse(model, t)
+    per = per_direction if per_direction is not None else per_direction_mse(model, t)
     bulk = (model.d - 2) * -math.expm1(-2 * t)
     return {"bayes": bulk + per["u"]["bayes"] + per["v"]["bayes"],
             "gaussian": bulk + per["u"]["linear"] + per["v"]["linear"]}
+
+
+@dataclass(frozen=True)
+class CouplingTheory:
+    """The d-independent theory of one coupling: oracle MSEs along u, v, the circle minimiser and a
+    polar table of E F_t(y) = L_t(w) - C_t (the part of the population loss that depends on w, and not on d).
+
+    The staircase evaluates the population loss at every seed and record by linear interpolation in
+    (radius, angle) on this table (21 x 73 quadratures) instead of one quadrature per point.
+    """
+
+    per_direction: dict
+    minimiser: tuple[float, float] | None
+    radii: np.ndarray
+    angles: np.ndarray
+    table: np.ndarray
+
+    @classmethod
+    def of(cls, config: StaircaseConfig, coupling: str) -> CouplingTheory:
+        """The theory of ``coupling`` under ``config`` (cached: it depends only on the model and the neuron)."""
+        return _coupling_theory(config.activation, config.beta_u, config.beta_v, config.t, coupling)
+
+    @classmethod
+    def compute(cls, config: StaircaseConfig, coupling: str) -> CouplingTheory:
+        model, neuron = config.model(8, coupling), config.neuron()
+        radii = np.linspace(0.0, 1.0, 21)
+        angles = np.linspace(0.0, 2 * math.pi, 73)
+        rr, aa = np.meshgrid(radii, angles, indexing="ij")
+        table = overlap_loss(model, neuron, torch.from_numpy(rr * np.cos(aa)), torch.from_numpy(rr * np.sin(aa)))
+        return cls(per_direction_mse(model, config.t),
+                   circle_minimiser(model, neuron) if coupling != "independent" else None,
+                   radii, angles, table.numpy())
+
+    def population_loss(self, model: MixedCumulantModel, neuron: SingleNeuron, alpha_u: np.ndarray,
+                        alpha_v: np.ndarray) -> np.ndarray:
+        """L_t(w) for overlaps of any shape, by interpolation on the table plus the exact C_t of ``model``."""
+        from scipy.interpolate import RegularGridInterpolator
+
+        interp = RegularGridInterpolator((self.radii, self.angles), self.table)
+        radius = np.clip(np.hypot(alpha_u, alpha_v), 0.0, 1.0)
+        angle = np.mod(np.arctan2(alpha_v, alpha_u), 2 * math.pi)
+        return constant_term(model, neuron) + interp(np.stack([radius, angle], -1))
+
+
+@functools.lru_cache(maxsize=16)
+def _coupling_theory(activation: str, beta_u: float, beta_v: float, t: float, coupling: str) -> CouplingTheory:
+    config = StaircaseConfig(activation=activation, beta_u=beta_u, beta_v=beta_v, t=t)
+    return CouplingTheory.compute(config, coupling)
 
 
 def _span_direction(alpha: np.ndarray) -> np.ndarray:
@@ -106,8 +156,10 @@ def _quartiles(x: np.ndarray) -> dict[str, list[float]]:
             "q75": np.quantile(x, 0.75, -1).tolist()}
 
 
-def run_cell(config: StaircaseConfig, d: int, coupling: str, progress: Callable[[int], None] | None = None) -> dict:
+def run_cell(config: StaircaseConfig, d: int, coupling: str, theory: CouplingTheory | None = None,
+             progress: Callable[[int], None] | None = None) -> dict:
     """One (coupling, d) cell: ``config.seeds`` runs, reduced to the curves and numbers of the report."""
+    theory = theory if theory is not None else CouplingTheory.of(config, coupling)
     model = config.model(d, coupling)
     neuron = config.neuron()
     net = Committee(d=d, K=1, activation=neuron.activation)
@@ -119,17 +171,17 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, progress: Callable[
     n_u = sustained_recovery(res.hits(config.threshold)[:, 0, 0], res.log_steps, au, config.threshold)
     hit_v = res.hits(config.v_threshold)[:, 0, 1]
     steps = res.log_steps
-    theory_loss = overlap_loss(model, neuron, torch.from_numpy(alpha[..., 0]), torch.from_numpy(alpha[..., 1]))
-    levels = oracle_levels(model, config.t)
+    theory_loss = theory.population_loss(model, neuron, alpha[..., 0], alpha[..., 1])
+    levels = oracle_levels(model, config.t, theory.per_direction)
     final_dir = _span_direction(alpha[-1])
     out = {
         "d": d, "coupling": coupling, "seeds": seeds, "steps": int(steps[-1]), "eta": float(res.etas[0]),
         "engine": res.engine,
         "curves": {"steps_over_d": (steps / d).tolist(), "abs_alpha_u": _quartiles(au), "abs_alpha_v": _quartiles(av),
                    "loss_steps_over_d": (steps[1:] / d).tolist(), "loss": _quartiles(res.loss),
-                   "population_loss": _quartiles(theory_loss.numpy())},
+                   "population_loss": _quartiles(theory_loss)},
         "oracle_loss": levels,
-        "population_loss_random_start": float(overlap_loss(model, neuron, 0.0, 0.0)),
+        "population_loss_random_start": constant_term(model, neuron) + float(overlap_loss(model, neuron, 0.0, 0.0)),
         "final_abs_alpha_u": float(au[-1].mean()), "final_abs_alpha_v": float(av[-1].mean()),
         "max_mean_abs_alpha_v": float(av.mean(1).max()), "v_bound": 4 / math.sqrt(d),
         "recovery_steps_u": n_u.tolist(), "recovered_u": float((n_u >= 0).mean()),
@@ -143,7 +195,7 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, progress: Callable[
         lag = np.where((n_u >= 0) & (hit_v >= 0), hit_v - n_u, np.inf)
         out["v_lag_after_u"] = [float(x) if np.isfinite(x) else None for x in lag]
         out["v_within_window"] = float((lag <= config.v_window_per_d * d).mean())
-        out["theory_minimiser"] = list(circle_minimiser(model, neuron))
+        out["theory_minimiser"] = list(theory.minimiser)
         out["direction_error"] = np.abs(final_dir.mean(0) - np.abs(out["theory_minimiser"])).tolist()
     return out
 
@@ -170,7 +222,10 @@ def acceptance(cells: list[dict], config: StaircaseConfig) -> dict:
 
 def run_staircase(config: StaircaseConfig, progress: Callable[[int], None] | None = None) -> dict:
     """All (coupling, d) cells; returns a JSON-ready dict with the acceptance checks."""
-    cells = [run_cell(config, d, c, progress) for c in config.couplings for d in config.dims]
+    cells = []
+    for coupling in config.couplings:
+        theory = CouplingTheory.of(config, coupling)
+        cells += [run_cell(config, d, coupling, theory, progress) for d in config.dims]
     return {"config": {**asdict(config)}, "cells": cells, "acceptance": acceptance(cells, config)}
 
 
