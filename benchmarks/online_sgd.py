@@ -32,6 +32,10 @@ all E members per kernel sequence, so the ratio grows with E until the GPU is bu
 ``traffic_fraction`` = rate * 12 d bytes / measured copy bandwidth says how close one member-step is
 to the memory-traffic limit (12 d bytes ~ read and write w and write x in float32).
 
+Timings need an otherwise idle machine: numba's parallel regions (one per log record) wait for every
+worker thread, so a single busy core from another process can slow the engine down many times over
+(the script warns when CPUs were busy just before it started; ``busy_cpus_before`` in the rows).
+
 A sanity check runs both sides for 40 d steps at d = 128 and compares the mean final |w.u| (both
 should be ~0.8; they use different random streams, so the comparison is statistical and loose).
 
@@ -64,6 +68,7 @@ CPU_DIMS = (128, 1024)
 CPU_ENSEMBLES = (1, 64)
 CUDA_DIMS = (1000, 1024)
 CUDA_ENSEMBLES = (64, 1024, 4096)
+CUDA_DEVICE = "cuda"
 SANITY_D = 128
 SANITY_STEPS_PER_D = 40
 Row = dict[str, Any]
@@ -255,6 +260,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def busy_cpus(interval: float = 0.5) -> float:
+    """CPUs kept busy by any process over ``interval`` seconds (from /proc/stat; NaN where unavailable)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    ncpu = os.cpu_count() or 1
+    return ncpu * (1.0 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
 def environment() -> dict[str, Any]:
     """Versions and thread counts recorded in every row (call after a numba parallel kernel ran)."""
     import numba
@@ -304,13 +326,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
                 row: Row = {"d": d, "E": E, "device": f"cuda ({gpu})", "engine_name": "torch",
                             "bandwidth_GBps": bandwidth / 1e9, **env}
                 try:
-                    eng = time_engine(d, E, args, "torch", "cuda", max_steps=cuda_max_steps(d, E))
-                except torch.cuda.OutOfMemoryError as exc:  # report the row instead of losing the others
+                    eng = time_engine(d, E, args, "torch", CUDA_DEVICE, max_steps=cuda_max_steps(d, E))
+                except RuntimeError as exc:  # e.g. torch.cuda.OutOfMemoryError: report it, keep the other rows
                     torch.cuda.empty_cache()
+                    msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
                     row.update({"engine": None, "reference": refs[d]["reference"], "ratio": None,
-                                "traffic_fraction": None, "error": f"out of memory: {str(exc).splitlines()[0]}"})
+                                "traffic_fraction": None, "error": msg})
                     rows.append(row)
-                    log(f"engine torch/cuda d={d} E={E}: out of memory")
+                    log(f"engine torch/cuda d={d} E={E}: failed ({msg})")
                     continue
                 row.update({"engine": eng["engine"], "reference": refs[d]["reference"],
                             "ratio": eng["engine"] / refs[d]["reference"],
@@ -324,18 +347,20 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
 
 def format_table(rows: Sequence[Row]) -> str:
     def num(x: float | None, fmt: str) -> str:
-        return "-" if x is None else format(x, fmt)
+        width = int(fmt.split(".")[0])
+        return f"{'-':>{width}}" if x is None else format(x, fmt)
 
-    head = f"{'device':<6} {'d':>5} {'E':>5} {'engine ms/s':>12} {'reference ms/s':>15} {'ratio':>8} {'steps':>9}"
+    head = f"{'device':<6} {'d':>5} {'E':>5} {'engine':>12} {'reference':>12} {'ratio':>8} {'steps':>9}"
     cuda = any(r["engine_name"] == "torch" for r in rows)
     if cuda:
         head += f" {'traffic':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         line = (f"{r['device'].split()[0]:<6} {r['d']:>5} {r['E']:>5} {num(r['engine'], '12.4g')} "
-                f"{num(r['reference'], '15.4g')} {num(r['ratio'], '8.1f')} {r.get('steps', '-'):>9}")
+                f"{num(r['reference'], '12.4g')} {num(r['ratio'], '8.1f')} {r.get('steps', '-'):>9}")
         if cuda:
-            line += f" {num(r.get('traffic_fraction'), '8.2%')}" if "traffic_fraction" in r else f" {'':>8}"
+            frac = r.get("traffic_fraction")
+            line += f" {'-' if frac is None else f'{100 * frac:.3g}%':>8}"
         if r.get("error"):
             line += f"  {r['error']}"
         lines.append(line)
@@ -358,20 +383,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:  # progress goes to stderr so that --json keeps stdout clean
         print(msg, file=sys.stderr, flush=True)
 
+    load_before = busy_cpus()
     t0 = time.perf_counter()
     rows, sanity = run(args, log)
     wall = time.perf_counter() - t0
+    for row in rows:
+        row["busy_cpus_before"] = load_before
+    if load_before > 0.3:
+        log(f"warning: {load_before:.2f} CPUs were busy just before the run; another process may be using the "
+            "CPU, and numba's parallel regions slow down a lot when a core is taken (best-of-repeats helps only "
+            "if the load comes and goes)")
+    verdict = "OK" if sanity["sanity_ok"] else "MISMATCH"
+    sanity_line = (f"sanity ({sanity['sanity_steps']} steps at d={SANITY_D}): mean final |w.u| engine "
+                   f"{sanity['sanity_engine_abs_wu']:.3f} +- {sanity['sanity_engine_sem']:.3f} (64 seeds), reference "
+                   f"{sanity['sanity_reference_abs_wu']:.3f} +- {sanity['sanity_reference_sem']:.3f}: {verdict}")
     if args.json:
         for row in rows:
             row.update(sanity)
+        log(sanity_line)
         print(json.dumps(rows, indent=1))
         print(f"wall time {wall:.1f} s", file=sys.stderr)
         return 0
     env = {k: v for k, v in rows[0].items() if k in ("numba", "torch", "numpy", "python", "numba_threads",
                                                       "numba_threading_layer", "torch_threads", "cpu_count")}
     print(f"online SGD, tied tanh neuron, beta_u = beta_v = {BETA_U:g}, t = {T:g}, eta = {DELTA:g}/d; "
-          "rates in member-steps/s (ms/s), best of "
-          f"{args.repeats}")
+          f"rates in member-steps/s, best of {args.repeats}; steps = engine steps per member in one timing")
     print(f"host: {rows[0]['device']}")
     if any(r["engine_name"] == "torch" for r in rows):
         cuda_row = next(r for r in rows if r["engine_name"] == "torch")
@@ -380,10 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(rows))
     print()
-    verdict = "OK" if sanity["sanity_ok"] else "MISMATCH"
-    print(f"sanity ({sanity['sanity_steps']} steps at d={SANITY_D}): mean final |w.u| engine "
-          f"{sanity['sanity_engine_abs_wu']:.3f} +- {sanity['sanity_engine_sem']:.3f} (64 seeds), reference "
-          f"{sanity['sanity_reference_abs_wu']:.3f} +- {sanity['sanity_reference_sem']:.3f}: {verdict}")
+    print(sanity_line)
     print(f"wall time {wall:.1f} s")
     return 0
 

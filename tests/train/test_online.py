@@ -37,17 +37,24 @@ def _run(net, data, seeds, engine="numba", steps=150, **kw):
     return run_online_sgd(net, data, cfg, seeds)
 
 
+def _sign_model(spikes="random"):
+    return MixedCumulantModel.create(d=D, beta_u=5.0, beta_v=5.0, beta_m=0.5, coupling="sign", spikes=spikes)
+
+
 @pytest.fixture(scope="module")
 def sign_model():
-    return MixedCumulantModel.create(d=D, beta_u=5.0, beta_v=5.0, beta_m=0.5, coupling="sign", spikes="random")
+    return _sign_model()
 
 
+@pytest.mark.parametrize("spikes", ["random", "fixed"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("net", NETS)
-def test_numba_kernel_equals_torch_engine(sign_model, mode, net):
-    """Same random numbers, same maths: the two engines agree to round-off over a whole run."""
-    a = _run(NETS[net], sign_model, [3, 5, 8], "numba", **MODES[mode])
-    b = _run(NETS[net], sign_model, [3, 5, 8], "torch", **MODES[mode])
+def test_numba_kernel_equals_torch_engine(spikes, mode, net):
+    """Same random numbers, same maths: the two engines agree to round-off over a whole run
+    (random spikes take the kernel's general path, coordinate spikes its sparse path)."""
+    model = _sign_model(spikes)
+    a = _run(NETS[net], model, [3, 5, 8], "numba", **MODES[mode])
+    b = _run(NETS[net], model, [3, 5, 8], "torch", **MODES[mode])
     np.testing.assert_allclose(a.overlaps, b.overlaps, atol=1e-12)
     np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)
     np.testing.assert_array_equal(a.first_hit, b.first_hit)
@@ -78,7 +85,7 @@ def test_kernel_gradient_equals_autograd(activation, second_layer):
     P = np.eye(3, d)[None]
     par = np.array(_matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
     hits = np.full((1, K, 3, 1), -1, np.int64)
-    run_steps(W, O, states, P, np.zeros((1, 4)), np.zeros((1, 1)), np.zeros((1, 1)), x0.numpy()[:, :1],
+    run_steps(W, O, states, P, np.full((1, 3), -1, np.int64), np.zeros((1, 4)), np.zeros((1, 1)), np.zeros((1, 1)), x0.numpy()[:, :1],
               np.zeros((1, 1), np.int64), np.array([[[a, s, a, weight]]]), 0, 1, 0, ACTIVATION_CODES[activation], par,
               K ** -0.5, 1.3, second_layer == "tied", False, True, np.array([eta]), np.zeros(1), np.array([0.5]), hits)
     x_t = a * x0 + s * torch.from_numpy(xi)[:, None]

@@ -56,12 +56,13 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def run_steps(W, O, states, P, coef, lam, nu, X, idx, tco, i0, i1, step0, act, act_par, kappa, a_out, tied,
+def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, act, act_par, kappa, a_out, tied,
               spherical, finite, eta, loss_acc, thr, first_hit):
     """Advance all members through chunk steps ``i0 .. i1-1`` in place.
 
     W (E,K,d) first-layer weights; O (E,K,d) untied second layer (ignored when tied);
-    states (E,4) uint64 member streams; P (E,3,d) spikes (u, v, m); coef (E,4) =
+    states (E,4) uint64 member streams; P (E,3,d) spikes (u, v, m); axes (E,3) int64: the
+    coordinates of u, v, m when they are coordinate vectors, else -1 (general path); coef (E,4) =
     (sqrt(beta_u), sqrt(beta_v), whitening shrink k, beta_m); lam, nu (E,C) latents of the chunk;
     X (E,n,d) training set and idx (E,C) sample indices (finite mode); tco (E,C,4) per-step
     (a_t, s_t, c_t, loss weight); step0: global step of chunk position 0; eta (E,) step sizes;
@@ -81,26 +82,37 @@ def run_steps(W, O, states, P, coef, lam, nu, X, idx, tco, i0, i1, step0, act, a
         dsg = np.empty(K)
         sbu, sbv, shrink, bm = coef[e, 0], coef[e, 1], coef[e, 2], coef[e, 3]
         u, v, m = P[e, 0], P[e, 1], P[e, 2]
+        axis = axes[e, 0] >= 0
+        iu, iv, im = axes[e, 0], axes[e, 1], axes[e, 2]
         lr = eta[e]
         for i in range(i0, i1):
             a, s, c, wt = tco[e, i, 0], tco[e, i, 1], tco[e, i, 2], tco[e, i, 3]
+            # the member's draws, z (online only) then xi, in tight loops of their own
+            if not finite:
+                for j in range(d):
+                    x0[j], s0, s1, s2, s3 = std_normal_scalar(s0, s1, s2, s3)
+            for j in range(d):
+                xt[j], s0, s1, s2, s3 = std_normal_scalar(s0, s1, s2, s3)
             if finite:
                 row = X[e, idx[e, i]]
                 for j in range(d):
                     x0[j] = row[j]
+            elif axis:  # spikes are coordinate vectors: the rank-three part touches three entries
+                cu = sbu * lam[e, i]
+                cv = sbv * nu[e, i] * (1.0 - shrink) - shrink * x0[iv]
+                x0[iu] += cu
+                x0[iv] += cv
+                x0[im] += bm
             else:
                 vz = 0.0
                 for j in range(d):
-                    zj, s0, s1, s2, s3 = std_normal_scalar(s0, s1, s2, s3)
-                    x0[j] = zj
-                    vz += v[j] * zj
+                    vz += v[j] * x0[j]
                 cu = sbu * lam[e, i]
                 cv = sbv * nu[e, i] * (1.0 - shrink) - shrink * vz
                 for j in range(d):
                     x0[j] += cu * u[j] + cv * v[j] + bm * m[j]
             for j in range(d):
-                xij, s0, s1, s2, s3 = std_normal_scalar(s0, s1, s2, s3)
-                xt[j] = a * x0[j] + s * xij
+                xt[j] = a * x0[j] + s * xt[j]
             # forward pass: h_k = w_k . x_t ; r = x0 - c x_t - kappa sum_k o_k sigma(h_k)
             for k in range(K):
                 acc = 0.0
@@ -108,27 +120,30 @@ def run_steps(W, O, states, P, coef, lam, nu, X, idx, tco, i0, i1, step0, act, a
                     acc += We[k, j] * xt[j]
                 h[k] = acc
                 sg[k], dsg[k] = _activation(act, acc, act_par[0], act_par[1], act_par[2])
-            for k in range(K):
                 sg[k] *= kappa * a_out if tied else kappa  # now the output weight of o_k (or w_k)
+            for j in range(d):
+                r[j] = x0[j] - c * xt[j]
+            for k in range(K):
+                f = sg[k]
+                Vk = We[k] if tied else Oe[k]
+                for j in range(d):
+                    r[j] -= f * Vk[j]
             l2 = 0.0
             for j in range(d):
-                rj = x0[j] - c * xt[j]
-                for k in range(K):
-                    rj -= sg[k] * (We[k, j] if tied else Oe[k, j])
-                r[j] = rj
-                l2 += rj * rj
+                l2 += r[j] * r[j]
             loss_acc[e] += wt * l2
             # grad w_k = fr r + fx x_t, with (tied) fr = -2 wt kappa a_out sigma_k, fx = -2 wt kappa (o_k.r) sigma'_k;
             # g.w_k = fr (w_k.r) + fx h_k needs no extra pass over d
             for k in range(K):
-                Vk = We[k] if tied else Oe[k]
-                orr = 0.0
                 wr = 0.0
                 for j in range(d):
-                    orr += Vk[j] * r[j]
                     wr += We[k, j] * r[j]
                 if tied:
-                    orr *= a_out
+                    orr = a_out * wr
+                else:
+                    orr = 0.0
+                    for j in range(d):
+                        orr += Oe[k, j] * r[j]
                 fr = -2.0 * wt * sg[k] if tied else 0.0
                 fx = -2.0 * wt * kappa * orr * dsg[k]
                 if not tied:
@@ -138,16 +153,20 @@ def run_steps(W, O, states, P, coef, lam, nu, X, idx, tco, i0, i1, step0, act, a
                 gw = fr * wr + fx * h[k] if spherical else 0.0
                 # update, then |alpha| = |spike . w_k| / ||w_k|| for the first-passage times
                 n2 = 0.0
-                pu = 0.0
-                pv = 0.0
-                pm = 0.0
                 for j in range(d):
                     wn = We[k, j] - lr * (fr * r[j] + fx * xt[j] - gw * We[k, j])
                     We[k, j] = wn
                     n2 += wn * wn
-                    pu += u[j] * wn
-                    pv += v[j] * wn
-                    pm += m[j] * wn
+                if axis:
+                    pu, pv, pm = We[k, iu], We[k, iv], We[k, im]
+                else:
+                    pu = 0.0
+                    pv = 0.0
+                    pm = 0.0
+                    for j in range(d):
+                        pu += u[j] * We[k, j]
+                        pv += v[j] * We[k, j]
+                        pm += m[j] * We[k, j]
                 inv = 1.0 / math.sqrt(n2)
                 if spherical:
                     for j in range(d):
