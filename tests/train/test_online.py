@@ -226,3 +226,13 @@ def test_per_member_step_sizes():
     np.testing.assert_allclose(res.etas, [0.5 / D, 0.05 / D])
     alone = run_online_sgd(Committee(d=D), model, OnlineSGDConfig(steps=200, delta=0.05), [1])
     np.testing.assert_array_equal(res.overlaps[:, 1], alone.overlaps[:, 0])
+
+
+def test_torch_engine_noise_blocks_do_not_change_the_run(monkeypatch, sign_model):
+    """Drawing the Gaussians in small blocks (bounded memory at large E d) gives the same run."""
+    import easyhard.train.online as online
+
+    ref = _run(NETS["single"], sign_model, [3, 5], "torch")
+    monkeypatch.setattr(online, "NOISE_BLOCK", 3 * 2 * 2 * D + 1)  # three steps per block
+    blocked = _run(NETS["single"], sign_model, [3, 5], "torch")
+    np.testing.assert_array_equal(ref.overlaps, blocked.overlaps)

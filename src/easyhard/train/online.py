@@ -47,6 +47,8 @@ WEIGHTINGS = ("none", "eps")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: steps per chunk of latents / times / orders drawn from the member generators (fixed: keeps streams E-independent)
 CHUNK = 2048
+#: most Gaussians the torch engine holds at once (2**26 float32 = 256 MiB)
+NOISE_BLOCK = 2**26
 
 
 class DivergenceError(RuntimeError):
@@ -406,20 +408,31 @@ class _TorchRunner:
             self.cuda_gen = torch.Generator(self.dev).manual_seed(int(np.uint64(states[0, 0]) >> np.uint64(1)))
 
     def load_chunk(self, chunk):
-        """Move the chunk's draws to the device and draw its Gaussians (same member streams as the kernel on CPU)."""
+        """Move the chunk's draws to the device; its Gaussians are drawn block by block in :meth:`_noise`."""
+        self.chunk = {k: torch.as_tensor(v).to(self.dev) for k, v in chunk.items()}
+        self.noise, self.noise_start = None, 0
+
+    def _noise(self, i: int) -> torch.Tensor:
+        """Gaussians of chunk step i: (E, per_step, d). Blocks hold at most NOISE_BLOCK numbers, so the
+        memory stays bounded at large E d; on CPU they come from the kernel's member streams (in order,
+        so the block size does not change them), on CUDA from one device generator."""
         from easyhard.train._rng import fill_normal
 
-        E, C = chunk["tco"].shape[:2]
+        E, C = self.chunk["tco"].shape[:2]
         per_step = 1 if self.config.n_samples is not None else 2
         d = self.model.d
-        if self.cuda_gen is None:
-            buf = np.empty((E, C * per_step * d))
-            fill_normal(self.states, buf)
-            noise = torch.from_numpy(buf).view(E, C, per_step, d).to(self.dt)
-        else:
-            noise = torch.randn((E, C, per_step, d), generator=self.cuda_gen, device=self.dev, dtype=self.dt)
-        self.noise = noise.to(self.dev)
-        self.chunk = {k: torch.as_tensor(v).to(self.dev) for k, v in chunk.items()}
+        if self.noise is None or i >= self.noise_start + self.noise.shape[1]:
+            steps = min(C - i, max(1, NOISE_BLOCK // (E * per_step * d)))
+            self.noise = None  # free the previous block before drawing the next
+            if self.cuda_gen is None:
+                buf = np.empty((E, steps * per_step * d))
+                fill_normal(self.states, buf)
+                self.noise = torch.from_numpy(buf).view(E, steps, per_step, d).to(self.dt)
+            else:
+                self.noise = torch.randn((E, steps, per_step, d), generator=self.cuda_gen, device=self.dev,
+                                         dtype=self.dt)
+            self.noise_start = i
+        return self.noise[:, i - self.noise_start]
 
     def run(self, i0, i1, step0):
         m, ch, (u, v, mm) = self.model, self.chunk, self.P.unbind(1)
@@ -427,11 +440,12 @@ class _TorchRunner:
         tco = ch["tco"].to(self.dt)
         for i in range(i0, i1):
             a, s, wt = tco[:, i, 0:1], tco[:, i, 1:2], tco[:, i, 3]
+            noise = self._noise(i)
             if self.X is not None:
                 x0 = self.X[self.members, ch["idx"][:, i]]
-                xi = self.noise[:, i, 0]
+                xi = noise[:, 0]
             else:
-                z, xi = self.noise[:, i, 0], self.noise[:, i, 1]
+                z, xi = noise[:, 0], noise[:, 1]
                 vz = (v * z).sum(-1, keepdim=True)
                 cv = sbv * ch["nu"][:, i:i + 1].to(self.dt) * (1 - shrink) - shrink * vz
                 x0 = z + sbu * ch["lam"][:, i:i + 1].to(self.dt) * u + cv * v + bm * mm
