@@ -185,7 +185,7 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, theory: CouplingThe
         "final_abs_alpha_u": float(au[-1].mean()), "final_abs_alpha_v": float(av[-1].mean()),
         "max_mean_abs_alpha_v": float(av.mean(1).max()), "v_bound": 4 / math.sqrt(d),
         "recovery_steps_u": n_u.tolist(), "recovered_u": float((n_u >= 0).mean()),
-        "median_recovery_u_over_d": _censored_median(n_u, steps[-1]) / d,
+        "median_recovery_u_over_d": _censored_median(n_u) / d,
         "aligned_fraction_u": float(aligned_fraction(steps, au, config.threshold).mean()),
         "first_hit_v": hit_v.tolist(),
         "final_direction_mean": final_dir.mean(0).tolist(),
@@ -200,7 +200,7 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, theory: CouplingThe
     return out
 
 
-def _censored_median(n_hit: np.ndarray, budget: int) -> float:
+def _censored_median(n_hit: np.ndarray) -> float:
     """Median of recovery steps with misses counted as +inf (inf when half or more missed)."""
     return float(np.median(np.where(n_hit >= 0, n_hit, np.inf).astype(float))) if len(n_hit) else math.inf
 
