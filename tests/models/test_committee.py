@@ -353,3 +353,18 @@ def test_invalid_shapes():
     for fn, pattern in cases:
         with pytest.raises(ConfigError, match=pattern):
             fn()
+
+
+@pytest.mark.parametrize("second_layer", ["tied", "untied"])
+def test_loss_and_gradients_is_sample_loss_and_gradients(second_layer):
+    """The one-pass method returns exactly what the two separate methods return."""
+    net = Committee(d=6, K=2, second_layer=second_layer, omega=0.5)
+    gen = torch.Generator().manual_seed(3)
+    params = net.init(3, generator=gen, dtype=torch.float64)
+    x0 = torch.randn((3, 4, 6), generator=gen, dtype=torch.float64)
+    x_t = 0.7 * x0 + 0.5 * torch.randn((3, 4, 6), generator=gen, dtype=torch.float64)
+    weight = torch.rand((3, 4), generator=gen, dtype=torch.float64)
+    loss, grads = net.loss_and_gradients(params, x0, x_t, 0.4, weight)
+    assert torch.equal(loss, net.sample_loss(params, x0, x_t, 0.4))
+    for k, g in net.gradients(params, x0, x_t, 0.4, weight).items():
+        assert torch.equal(grads[k], g)

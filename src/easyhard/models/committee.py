@@ -217,7 +217,13 @@ class Committee:
 
     def gradients(self, params: dict[str, Tensor], x0: Tensor, x_t: Tensor, t: Tensor | float,
                   weight: Tensor | float | None = None) -> dict[str, Tensor]:
-        """Closed-form (1/B) sum_b weight_b grad l_b of :meth:`sample_loss`; same keys and shapes as params.
+        """Closed-form (1/B) sum_b weight_b grad l_b of :meth:`sample_loss` (see :meth:`loss_and_gradients`)."""
+        return self.loss_and_gradients(params, x0, x_t, t, weight)[1]
+
+    def loss_and_gradients(self, params: dict[str, Tensor], x0: Tensor, x_t: Tensor, t: Tensor | float,
+                           weight: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(sample_loss (E, B), gradients) from one forward pass. The gradients are the closed-form
+        (1/B) sum_b weight_b grad l_b of :meth:`sample_loss`, with the keys and shapes of params.
 
         With r = x0 - D(x_t) (E, B, d), h = w.x_t (E, B, K), kappa = K^-omega:
             tied:    dl/dw_k = -2 kappa a_out [ sigma(h_k) r + (w_k . r) sigma'(h_k) x_t ]
@@ -238,14 +244,15 @@ class Committee:
             else:
                 q = q * weight
         r = x0 - den
+        loss = (r**2).sum(-1)
         sp = self.activation.derivative(h)  # (E, B, K)
         if o is None:
             wr = torch.bmm(r, w.transpose(1, 2))  # (E, B, K): w_k . r
             gw = torch.bmm((q * s).transpose(1, 2), r) + torch.bmm((q * wr * sp).transpose(1, 2), x_t)
-            return {"w": self.a_out * gw}
+            return loss, {"w": self.a_out * gw}
         or_ = torch.bmm(r, o.transpose(1, 2))  # (E, B, K): o_k . r
-        return {"w": torch.bmm((q * or_ * sp).transpose(1, 2), x_t),
-                "o": torch.bmm((q * s).transpose(1, 2), r)}
+        return loss, {"w": torch.bmm((q * or_ * sp).transpose(1, 2), x_t),
+                      "o": torch.bmm((q * s).transpose(1, 2), r)}
 
     # ----- diagnostics -------------------------------------------------------------------------
     def overlaps(self, params: dict[str, Tensor], spikes: Tensor) -> Tensor:

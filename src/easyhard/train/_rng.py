@@ -281,9 +281,8 @@ def _normal_slow_py(
 ) -> tuple[float, np.uint64, np.uint64, np.uint64, np.uint64]:
     """Ziggurat from a draw ``u`` that may fail the fast test: wedge, tail and redraws.
 
-    Returns ``(x, s0, s1, s2, s3)``. Compiled twice from this one source: inlined into
-    :func:`std_normal` (a call there would cost an NRT incref/decref of the caller's state array
-    per normal) and out of line for the scalar-state path, whose hot loop stays small.
+    Returns ``(x, s0, s1, s2, s3)``. Called out of line from :func:`std_normal_scalar` (it takes
+    scalars, so the call costs no reference counting), which keeps the inlined hot loop small.
     """
     while True:
         i = np.intp(u & _U255)  # bits 0-7: layer
@@ -312,32 +311,7 @@ def _normal_slow_py(
         u, s0, s1, s2, s3 = xoshiro_next(s0, s1, s2, s3)
 
 
-# Two dispatchers of one function. Only _normal_slow_call is ever compiled on its own (and
-# cached); _normal_slow_inline is spliced into callers as numba IR.
-_normal_slow_inline = numba.njit(inline="always", cache=True)(_normal_slow_py)
 _normal_slow_call = numba.njit(cache=True)(_normal_slow_py)
-
-
-@numba.njit(inline="always", cache=True)
-def std_normal(state: np.ndarray) -> float:
-    """One standard normal N(0, 1) by the Marsaglia-Tsang (2000) ziggurat, 256 layers.
-
-    ``state`` is a length-4 uint64 xoshiro256** state (e.g. ``states[e]``), advanced in place.
-    About 98.5% of calls consume exactly one 64-bit draw; the rest (wedge or tail) a few more.
-    Same stream as :func:`std_normal_scalar`.
-    """
-    u, s0, s1, s2, s3 = xoshiro_next(state[0], state[1], state[2], state[3])
-    i = np.intp(u & _U255)
-    v = np.int64(u) >> 11
-    if (v ^ (v >> 63)) < _ZIG_K[i]:  # fast path: |x| < x_{i-1}, under the curve
-        x = (np.float64(v) + 0.5) * _ZIG_W[i]
-    else:
-        x, s0, s1, s2, s3 = _normal_slow_inline(u, s0, s1, s2, s3)
-    state[0] = s0
-    state[1] = s1
-    state[2] = s2
-    state[3] = s3
-    return x
 
 
 @numba.njit(inline="always", cache=True)
@@ -355,6 +329,22 @@ def std_normal_scalar(
     if (v ^ (v >> 63)) < _ZIG_K[i]:
         return (np.float64(v) + 0.5) * _ZIG_W[i], s0, s1, s2, s3
     return _normal_slow_call(u, s0, s1, s2, s3)
+
+
+@numba.njit(inline="always", cache=True)
+def std_normal(state: np.ndarray) -> float:
+    """One standard normal N(0, 1) by the Marsaglia-Tsang (2000) ziggurat, 256 layers.
+
+    ``state`` is a length-4 uint64 xoshiro256** state (e.g. ``states[e]``), advanced in place.
+    About 98.5% of calls consume exactly one 64-bit draw; the rest (wedge or tail) a few more.
+    Same stream as :func:`std_normal_scalar`.
+    """
+    x, s0, s1, s2, s3 = std_normal_scalar(state[0], state[1], state[2], state[3])
+    state[0] = s0
+    state[1] = s1
+    state[2] = s2
+    state[3] = s3
+    return x
 
 
 @numba.njit(parallel=True, cache=True)

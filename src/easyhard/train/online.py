@@ -282,8 +282,8 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
     E, d = len(seeds), model.d
     etas = config.etas(d, E)
     draws = _MemberDraws(seeds)
-    params = {k: torch.cat([model.init(1, generator=g, dtype=torch.float64)[k] for g in draws.gens])
-              for k in model.init(1, dtype=torch.float64)}
+    inits = [model.init(1, generator=g, dtype=torch.float64) for g in draws.gens]
+    params = {k: torch.cat([p[k] for p in inits]) for k in model.param_names}
     X = None
     if config.n_samples is not None:
         X = torch.stack([m.sample(config.n_samples, g, torch.float64) for m, g in zip(models, draws.gens)])
@@ -371,18 +371,22 @@ class _NumbaRunner:
         self.loss_acc[:] = 0.0
         return out
 
+    def _views(self) -> dict[str, torch.Tensor]:
+        """The parameters as tensors sharing memory with the kernel's arrays."""
+        out = {"w": torch.from_numpy(self.W)}
+        if self.model.second_layer == "untied":
+            out["o"] = torch.from_numpy(self.O)
+        return out
+
     def overlaps(self):
-        W = self.W.astype(np.float64)
-        return np.einsum("ekd,eqd->ekq", W, self.P) / np.linalg.norm(W, axis=-1)[..., None]
+        params = {k: v.double() for k, v in self._views().items()}
+        return self.model.overlaps(params, torch.from_numpy(self.P)).numpy()
 
     def first_hit(self):
         return self.hits.copy()
 
     def params(self):
-        out = {"w": torch.from_numpy(self.W.copy())}
-        if self.model.second_layer == "untied":
-            out["o"] = torch.from_numpy(self.O.copy())
-        return out
+        return {k: v.clone() for k, v in self._views().items()}
 
 
 class _TorchRunner:
@@ -452,8 +456,8 @@ class _TorchRunner:
             xt = a * x0 + s * xi
             t = ch["t"][:, i:i + 1].to(self.dt)
             x0b, xtb = x0[:, None], xt[:, None]
-            self.loss_acc += (wt * m.sample_loss(self.p, x0b, xtb, t)[:, 0]).double()
-            grads = m.gradients(self.p, x0b, xtb, t, weight=wt[:, None])
+            loss, grads = m.loss_and_gradients(self.p, x0b, xtb, t, weight=wt[:, None])
+            self.loss_acc += (wt * loss[:, 0]).double()
             step = spherical_step if self.config.spherical else plain_step
             self.p["w"] = step(self.p["w"], grads["w"], self.eta)
             if "o" in grads:
