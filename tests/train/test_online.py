@@ -58,6 +58,7 @@ def test_numba_kernel_equals_torch_engine(spikes, mode, net):
     np.testing.assert_allclose(a.overlaps, b.overlaps, atol=1e-12)
     np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)
     np.testing.assert_array_equal(a.first_hit, b.first_hit)
+    np.testing.assert_array_equal(a.recovered, b.recovered)
     for k in a.params:
         np.testing.assert_allclose(a.params[k].numpy(), b.params[k].numpy(), atol=1e-12)
     assert not np.allclose(a.overlaps[0], a.overlaps[-1])  # the runs did move
@@ -84,10 +85,10 @@ def test_kernel_gradient_equals_autograd(activation, second_layer):
     O = params["o"].numpy().copy() if second_layer == "untied" else np.zeros((1, 1, 1))
     P = np.eye(3, d)[None]
     par = np.array(_matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
-    hits = np.full((1, K, 3, 1), -1, np.int64)
+    tracks = [np.full((1, K, 3, 1), -1, np.int64) for _ in range(3)]
     run_steps(W, O, states, P, np.full((1, 3), -1, np.int64), np.zeros((1, 4)), np.zeros((1, 1)), np.zeros((1, 1)), x0.numpy()[:, :1],
               np.zeros((1, 1), np.int64), np.array([[[a, s, a, weight]]]), 0, 1, 0, ACTIVATION_CODES[activation], par,
-              K ** -0.5, 1.3, second_layer == "tied", False, True, np.array([eta]), np.zeros(1), np.array([0.5]), hits)
+              K ** -0.5, 1.3, second_layer == "tied", False, True, np.array([eta]), np.zeros(1), np.array([0.5]), 0.5, *tracks)
     x_t = a * x0 + s * torch.from_numpy(xi)[:, None]
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     loss = weight * net.sample_loss(leaves, x0, x_t, t).sum()

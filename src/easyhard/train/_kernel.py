@@ -51,13 +51,35 @@ def _activation(code: int, h: float, p0: float, p1: float, p2: float) -> tuple[f
     return p0 * h + p1 * th, p0 + p1 * p2 * (1.0 - th * th)
 
 
+@numba.njit(inline="always", cache=True)
+def track_recovery(al: float, n: int, thr, persist: float, first_hit, pending, recovered) -> None:
+    """Update first passage and persistent recovery of one overlap after step ``n`` (in place, arrays (T,)).
+
+    first_hit[t]: first step with |alpha| >= thr[t]. A candidate tau (a step with |alpha| >= thr) is
+    confirmed as recovered[t] = tau if |alpha| >= thr[t] still holds at step tau + floor(persist tau);
+    otherwise it is dropped and the next crossing becomes the candidate (issue 5, item 3).
+    """
+    for ti in range(thr.shape[0]):
+        above = al >= thr[ti]
+        if above and first_hit[ti] < 0:
+            first_hit[ti] = n
+        if recovered[ti] < 0:
+            if pending[ti] < 0 and above:
+                pending[ti] = n
+            if pending[ti] >= 0 and n >= pending[ti] + int(math.floor(persist * pending[ti])):
+                if above:
+                    recovered[ti] = pending[ti]
+                else:
+                    pending[ti] = -1
+
+
 #: reassociation lets LLVM vectorise the dot products; no-NaN/no-inf flags stay off so divergence is seen
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, act, act_par, kappa, a_out, tied,
-              spherical, finite, eta, loss_acc, thr, first_hit):
+              spherical, finite, eta, loss_acc, thr, persist, first_hit, pending, recovered):
     """Advance all members through chunk steps ``i0 .. i1-1`` in place.
 
     W (E,K,d) first-layer weights; O (E,K,d) untied second layer (ignored when tied);
@@ -66,11 +88,11 @@ def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, 
     (sqrt(beta_u), sqrt(beta_v), whitening shrink k, beta_m); lam, nu (E,C) latents of the chunk;
     X (E,n,d) training set and idx (E,C) sample indices (finite mode); tco (E,C,4) per-step
     (a_t, s_t, c_t, loss weight); step0: global step of chunk position 0; eta (E,) step sizes;
-    loss_acc (E,) accumulates weight * ||r||^2; first_hit (E,K,3,T) int64 first global step with
-    |w_k . spike| / ||w_k|| >= thr[T] (-1: not yet).
+    loss_acc (E,) accumulates weight * ||r||^2; first_hit, pending, recovered (E,K,3,T) int64: first
+    global step with |w_k . spike| / ||w_k|| >= thr[T], the candidate and the confirmed recovery step
+    of :func:`track_recovery` (-1: none yet).
     """
     E, K, d = W.shape
-    T = thr.shape[0]
     for e in numba.prange(E):
         s0, s1, s2, s3 = states[e, 0], states[e, 1], states[e, 2], states[e, 3]
         We, Oe = W[e], O[e]
@@ -171,12 +193,8 @@ def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, 
                 if spherical:
                     for j in range(d):
                         We[k, j] *= inv
-                al0, al1, al2 = abs(pu) * inv, abs(pv) * inv, abs(pm) * inv
-                for ti in range(T):
-                    if first_hit[e, k, 0, ti] < 0 and al0 >= thr[ti]:
-                        first_hit[e, k, 0, ti] = step0 + i + 1
-                    if first_hit[e, k, 1, ti] < 0 and al1 >= thr[ti]:
-                        first_hit[e, k, 1, ti] = step0 + i + 1
-                    if first_hit[e, k, 2, ti] < 0 and al2 >= thr[ti]:
-                        first_hit[e, k, 2, ti] = step0 + i + 1
+                n = step0 + i + 1
+                track_recovery(abs(pu) * inv, n, thr, persist, first_hit[e, k, 0], pending[e, k, 0], recovered[e, k, 0])
+                track_recovery(abs(pv) * inv, n, thr, persist, first_hit[e, k, 1], pending[e, k, 1], recovered[e, k, 1])
+                track_recovery(abs(pm) * inv, n, thr, persist, first_hit[e, k, 2], pending[e, k, 2], recovered[e, k, 2])
         states[e, 0], states[e, 1], states[e, 2], states[e, 3] = s0, s1, s2, s3

@@ -42,7 +42,7 @@ from easyhard.data.latents import Rademacher
 from easyhard.data.mcm import MixedCumulantModel
 from easyhard.models import Committee, plain_step, spherical_step
 
-ENGINES = ("auto", "numba", "torch")
+ENGINES = ("auto", "numba", "torch", "reduced")
 WEIGHTINGS = ("none", "eps")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: steps per chunk of latents / times / orders drawn from the member generators (fixed: keeps streams E-independent)
@@ -67,7 +67,11 @@ class OnlineSGDConfig:
     weighting: loss weight per step, "none" (x0-loss) or "eps" (a_t^2/s_t^2: the noise-prediction loss).
     n_logs: number of log-spaced record points (half as many linearly spaced ones are added).
     thresholds: |alpha| levels whose first-passage steps are tracked at every step.
-    engine: "numba" (CPU kernel), "torch" (CPU/CUDA), or "auto" (numba on CPU when supported).
+    persistence: a crossing at step tau counts as recovery only if |alpha| >= threshold still holds at
+        step tau + floor(persistence * tau) (0: every first passage counts).
+    engine: "numba" (CPU kernel), "torch" (CPU/CUDA), "auto" (numba on CPU when supported), or
+        "reduced": the exact-in-law simulation of the overlaps (tied single neuron, fresh samples,
+        fixed t, spherical SGD; :mod:`easyhard.train._reduced`), whose cost per step does not grow with d.
     """
 
     steps: int = 10_000
@@ -80,6 +84,7 @@ class OnlineSGDConfig:
     weighting: str = "none"
     n_logs: int = 120
     thresholds: tuple[float, ...] = (0.2, 0.5)
+    persistence: float = 0.5
     engine: str = "auto"
     dtype: str = "float32"
     device: str = "cpu"
@@ -103,6 +108,7 @@ class OnlineSGDConfig:
             raise ConfigError("thresholds must hold at least one level in (0, 1]")
         for th in self.thresholds:
             check_unit_interval("thresholds", th)
+        check_nonnegative("persistence", self.persistence)
         check_choice("engine", self.engine, ENGINES)
         check_choice("dtype", self.dtype, DTYPES)
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -131,13 +137,16 @@ class OnlineSGDResult:
     overlaps (L, E, K, 3): w_k . (u, v, m) / ||w_k|| at those steps.
     loss (L-1, E): mean weighted sample loss over the steps (log_steps[l-1], log_steps[l]].
     first_hit (E, K, 3, T): first step with |overlap| >= thresholds[T] (-1: never), checked every step.
-    params: final parameters {"w": (E,K,d)[, "o": (E,K,d)]} on the host.
+    recovered (E, K, 3, T): recovery step with the persistence check of the config (-1: censored).
+    params: final parameters {"w": (E,K,d)[, "o": (E,K,d)]} on the host; the reduced engine has no
+        weights and returns the final overlaps {"alpha": (E,1,3)}.
     """
 
     log_steps: np.ndarray
     overlaps: np.ndarray
     loss: np.ndarray
     first_hit: np.ndarray
+    recovered: np.ndarray
     thresholds: tuple[float, ...]
     etas: np.ndarray
     seeds: tuple[int, ...]
@@ -145,11 +154,18 @@ class OnlineSGDResult:
     params: dict[str, torch.Tensor] = field(repr=False)
     training_counts: np.ndarray | None = field(default=None, repr=False)
 
-    def hits(self, threshold: float) -> np.ndarray:
-        """first_hit at one of the tracked thresholds: (E, K, 3)."""
+    def _level(self, threshold: float) -> int:
         if threshold not in self.thresholds:
             raise ConfigError(f"threshold must be one of the tracked {self.thresholds} (got {threshold})")
-        return self.first_hit[..., self.thresholds.index(threshold)]
+        return self.thresholds.index(threshold)
+
+    def hits(self, threshold: float) -> np.ndarray:
+        """first_hit at one of the tracked thresholds: (E, K, 3)."""
+        return self.first_hit[..., self._level(threshold)]
+
+    def recoveries(self, threshold: float) -> np.ndarray:
+        """Persistent recovery steps at one of the tracked thresholds (-1: censored): (E, K, 3)."""
+        return self.recovered[..., self._level(threshold)]
 
 
 def log_steps(steps: int, n_logs: int) -> np.ndarray:
@@ -185,7 +201,23 @@ def _numba_support(model: Committee, config: OnlineSGDConfig) -> str | None:
     return None
 
 
+def _reduced_support(model: Committee, config: OnlineSGDConfig) -> str | None:
+    """None if the exact reduced simulation applies to this setting, else the reason it does not."""
+    if model.K != 1 or model.second_layer != "tied":
+        return "it needs the tied single neuron (K = 1)"
+    if config.n_samples is not None or config.t_range is not None or not config.spherical:
+        return "it needs fresh samples, a fixed t and spherical SGD"
+    if model.d < 8:
+        return "it needs d >= 8"
+    return _numba_support(model, config)
+
+
 def _resolve_engine(model: Committee, config: OnlineSGDConfig) -> str:
+    if config.engine == "reduced":
+        reason = _reduced_support(model, config)
+        if reason is not None:
+            raise ConfigError(f"engine 'reduced' unavailable: {reason}")
+        return "reduced"
     reason = _numba_support(model, config)
     if config.engine == "numba" and reason is not None:
         raise ConfigError(f"engine 'numba' unavailable: {reason}")
@@ -291,7 +323,8 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
     states = seed_states([int(s) for s in seeds])
     steps_log = log_steps(config.steps, config.n_logs)
     thr = np.asarray(config.thresholds, dtype=np.float64)
-    runner = (_NumbaRunner if engine == "numba" else _TorchRunner)(model, config, params, X, P, coef, states, etas, thr)
+    runner_cls = {"numba": _NumbaRunner, "torch": _TorchRunner, "reduced": _ReducedRunner}[engine]
+    runner = runner_cls(model, config, params, X, P, coef, states, etas, thr)
     overlaps = np.empty((len(steps_log), E, model.K, 3))
     loss = np.empty((len(steps_log) - 1, E))
     overlaps[0] = runner.overlaps()
@@ -315,7 +348,8 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
                 overlaps[rec] = runner.overlaps()
                 _check_finite(overlaps[rec], loss[rec - 1], int(steps_log[rec]))
                 rec += 1
-    return OnlineSGDResult(steps_log, overlaps, loss, runner.first_hit(), tuple(config.thresholds), etas,
+    first_hit, recovered = runner.recovery()
+    return OnlineSGDResult(steps_log, overlaps, loss, first_hit, recovered, tuple(config.thresholds), etas,
                            tuple(int(s) for s in seeds), engine, runner.params(), counts)
 
 
@@ -344,7 +378,7 @@ class _NumbaRunner:
         act = model.activation
         self.act_par = np.array(_matched_coefficients(act) if isinstance(act, Matched) else (0.0, 0.0, 0.0))
         self.loss_acc = np.zeros(len(etas))
-        self.hits = np.full((*self.W.shape[:2], 3, len(thr)), -1, np.int64)
+        self.tracks = _recovery_arrays((*self.W.shape[:2], 3, len(thr)))
 
     def load_chunk(self, chunk):
         self.chunk = chunk
@@ -362,7 +396,7 @@ class _NumbaRunner:
             run_steps(self.W, self.O, self.states, self.P, self.axes, self.coef, c["lam"], c["nu"], self.X, c["idx"],
                       c["tco"], i0, i1, step0, self.code, self.act_par, float(m.K) ** (-m.omega), float(m.a_out),
                       m.second_layer == "tied", self.config.spherical, self.config.n_samples is not None,
-                      self.etas, self.loss_acc, self.thr, self.hits)
+                      self.etas, self.loss_acc, self.thr, self.config.persistence, *self.tracks)
         finally:
             numba.set_num_threads(threads)
 
@@ -382,8 +416,8 @@ class _NumbaRunner:
         params = {k: v.double() for k, v in self._views().items()}
         return self.model.overlaps(params, torch.from_numpy(self.P)).numpy()
 
-    def first_hit(self):
-        return self.hits.copy()
+    def recovery(self):
+        return self.tracks[0].copy(), self.tracks[2].copy()
 
     def params(self):
         return {k: v.clone() for k, v in self._views().items()}
@@ -406,7 +440,8 @@ class _TorchRunner:
         E = len(etas)
         self.members = torch.arange(E, device=self.dev)
         self.loss_acc = torch.zeros(E, device=self.dev, dtype=torch.float64)
-        self.hits = torch.full((*self.p["w"].shape[:2], 3, len(thr)), -1, dtype=torch.int64, device=self.dev)
+        self.hits, self.pending, self.rec = (torch.full((*self.p["w"].shape[:2], 3, len(thr)), -1, dtype=torch.int64,
+                                                        device=self.dev) for _ in range(3))
         self.cuda_gen = None
         if self.dev.type == "cuda":
             self.cuda_gen = torch.Generator(self.dev).manual_seed(int(np.uint64(states[0, 0]) >> np.uint64(1)))
@@ -462,9 +497,18 @@ class _TorchRunner:
             self.p["w"] = step(self.p["w"], grads["w"], self.eta)
             if "o" in grads:
                 self.p["o"] = plain_step(self.p["o"], grads["o"], self.eta)
-            al = m.overlaps(self.p, self.P).abs()
-            new = (self.hits < 0) & (al[..., None] >= self.thr)
-            self.hits = torch.where(new, torch.full_like(self.hits, step0 + i + 1), self.hits)
+            self._track(m.overlaps(self.p, self.P).abs(), step0 + i + 1)
+
+    def _track(self, al: torch.Tensor, n: int) -> None:
+        """:func:`easyhard.train._kernel.track_recovery` on all members at once (no host synchronisation)."""
+        above = al[..., None] >= self.thr
+        self.hits = torch.where((self.hits < 0) & above, n, self.hits)
+        open_ = self.rec < 0
+        self.pending = torch.where(open_ & (self.pending < 0) & above, n, self.pending)
+        window = torch.floor(self.pending.double() * self.config.persistence).long()
+        due = open_ & (self.pending >= 0) & (n >= self.pending + window)
+        self.rec = torch.where(due & above, self.pending, self.rec)
+        self.pending = torch.where(due & ~above, -1, self.pending)
 
     def take_loss(self):
         out = self.loss_acc.cpu().numpy().copy()
@@ -474,8 +518,55 @@ class _TorchRunner:
     def overlaps(self):
         return self.model.overlaps(self.p, self.P).double().cpu().numpy()
 
-    def first_hit(self):
-        return self.hits.cpu().numpy()
+    def recovery(self):
+        return self.hits.cpu().numpy(), self.rec.cpu().numpy()
 
     def params(self):
         return {k: v.cpu() for k, v in self.p.items()}
+
+
+def _recovery_arrays(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first_hit, pending, recovered) int64 arrays of ``shape``, all -1."""
+    return tuple(np.full(shape, -1, np.int64) for _ in range(3))
+
+
+class _ReducedRunner:
+    """State of the exact reduced simulation: the overlaps (E, 3) of each member (:mod:`._reduced`)."""
+
+    def __init__(self, model, config, params, X, P, coef, states, etas, thr):
+        from easyhard.train._kernel import ACTIVATION_CODES
+
+        self.model, self.config = model, config
+        self.alpha = np.ascontiguousarray(model.overlaps(params, torch.from_numpy(P))[:, 0].numpy())
+        self.coef, self.states, self.etas, self.thr = coef, states, etas, thr
+        self.code = ACTIVATION_CODES[model.activation.name]
+        act = model.activation
+        self.act_par = np.array(_matched_coefficients(act) if isinstance(act, Matched) else (0.0, 0.0, 0.0))
+        self.loss_acc = np.zeros(len(etas))
+        self.tracks = _recovery_arrays((len(etas), 3, len(thr)))
+
+    def load_chunk(self, chunk):
+        self.chunk = chunk
+
+    def run(self, i0, i1, step0):
+        from easyhard.train._reduced import run_reduced
+
+        c = self.chunk
+        a, s, skip, wt = (float(x) for x in c["tco"][0, 0])
+        run_reduced(self.alpha, self.states, self.coef, c["lam"], c["nu"], i0, i1, step0, a, s, skip, wt, self.code,
+                    self.act_par, float(self.model.a_out), float(self.model.d - 4), self.etas, self.loss_acc, self.thr,
+                    self.config.persistence, *self.tracks)
+
+    def take_loss(self):
+        out = self.loss_acc.copy()
+        self.loss_acc[:] = 0.0
+        return out
+
+    def overlaps(self):
+        return self.alpha[:, None, :].copy()
+
+    def recovery(self):
+        return self.tracks[0][:, None].copy(), self.tracks[2][:, None].copy()
+
+    def params(self):
+        return {"alpha": torch.from_numpy(self.overlaps())}
