@@ -18,6 +18,11 @@ sample per step and a spherical step:
   numba compilation / cache loading and CUDA start-up are not timed). Its rate is E * steps / second
   of the whole call (set-up, latent draws and the log records included).
 
+* ``reduced`` rows: the exact reduced simulator (``engine="reduced"``, the overlaps as a Markov chain,
+  d-independent cost per step) against the full numba kernel at the same (d, E): the ``reference``
+  column of these rows is the full engine's rate, and the ratio is the speed-up of simulating the
+  chain instead of the d-dimensional weights (they agree in law: tests/train/test_reduced.py).
+
 Rates are "member-steps/s": SGD steps of one member per second. Every timing is the best of
 ``--repeats`` (default 3) runs, and step counts are calibrated from a pilot run so that one timing
 takes about ``--target`` seconds (default 0.8 s).
@@ -66,6 +71,7 @@ T = 0.5
 DELTA = 0.5
 CPU_DIMS = (128, 1024)
 CPU_ENSEMBLES = (1, 64)
+REDUCED_E = 64
 CUDA_DIMS = (1000, 1024)
 CUDA_ENSEMBLES = (64, 1024, 4096)
 CUDA_DEVICE = "cuda"
@@ -310,6 +316,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
                          "ratio": eng["engine"] / refs[d]["reference"], "device": f"cpu ({cpu})",
                          "engine_name": "numba", **eng, **{k: v for k, v in refs[d].items() if k != "reference"}})
             log(f"engine numba d={d} E={E}: {eng['engine']:.4g} member-steps/s")
+    for d in CPU_DIMS:  # the exact reduced simulator against the full d-dimensional kernel (same E, same setting)
+        full = next(r for r in rows if r["d"] == d and r["E"] == REDUCED_E and r["engine_name"] == "numba")
+        red = time_engine(d, REDUCED_E, args, "reduced", "cpu", max_steps=50_000_000)
+        rows.append({"d": d, "E": REDUCED_E, "engine": red["engine"], "reference": full["engine"],
+                     "ratio": red["engine"] / full["engine"], "device": f"cpu ({cpu})", "engine_name": "reduced",
+                     "reference_name": "numba (full d)", **red})
+        log(f"engine reduced d={d} E={REDUCED_E}: {red['engine']:.4g} member-steps/s")
     sanity = sanity_check(args)
     env = environment()
     for row in rows:
@@ -350,13 +363,14 @@ def format_table(rows: Sequence[Row]) -> str:
         width = int(fmt.split(".")[0])
         return f"{'-':>{width}}" if x is None else format(x, fmt)
 
-    head = f"{'device':<6} {'d':>5} {'E':>5} {'engine':>12} {'reference':>12} {'ratio':>8} {'steps':>9}"
+    head = (f"{'device':<6} {'engine':<8} {'d':>5} {'E':>5} {'rate':>12} {'reference':>12} {'ratio':>8} "
+            f"{'steps':>9}")
     cuda = any(r["engine_name"] == "torch" for r in rows)
     if cuda:
         head += f" {'traffic':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        line = (f"{r['device'].split()[0]:<6} {r['d']:>5} {r['E']:>5} {num(r['engine'], '12.4g')} "
+        line = (f"{r['device'].split()[0]:<6} {r['engine_name']:<8} {r['d']:>5} {r['E']:>5} {num(r['engine'], '12.4g')} "
                 f"{num(r['reference'], '12.4g')} {num(r['ratio'], '8.1f')} {r.get('steps', '-'):>9}")
         if cuda:
             frac = r.get("traffic_fraction")

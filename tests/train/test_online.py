@@ -237,3 +237,15 @@ def test_torch_engine_noise_blocks_do_not_change_the_run(monkeypatch, sign_model
     monkeypatch.setattr(online, "NOISE_BLOCK", 3 * 2 * 2 * D + 1)  # three steps per block
     blocked = _run(NETS["single"], sign_model, [3, 5], "torch")
     np.testing.assert_array_equal(ref.overlaps, blocked.overlaps)
+
+
+@pytest.mark.parametrize("mode", ["online", "finite", "random-t-eps"])
+def test_graph_block_path_equals_eager_torch(sign_model, mode):
+    """The static-buffer block program (what a CUDA graph records) gives the eager torch engine's run bit for bit
+    on CPU, with block boundaries that do not divide the record intervals or the chunk."""
+    eager = _run(NETS["untied-K3"], sign_model, [2, 7], "torch", steps=2300, **MODES[mode])
+    blocks = _run(NETS["untied-K3"], sign_model, [2, 7], "torch", steps=2300, graph_block=7, **MODES[mode])
+    np.testing.assert_array_equal(eager.overlaps, blocks.overlaps)
+    np.testing.assert_array_equal(eager.loss, blocks.loss)
+    np.testing.assert_array_equal(eager.first_hit, blocks.first_hit)
+    np.testing.assert_array_equal(eager.recovered, blocks.recovered)

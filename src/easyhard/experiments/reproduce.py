@@ -1,7 +1,7 @@
-"""``easyhard reproduce``: the theory report and the staircase experiment into one folder.
+"""``easyhard reproduce``: the theory report, the staircase and the scaling laws into one folder.
 
-Writes report.md (both parts, figures embedded), results.json ({"theory", "staircase",
-"environment"}), exponents.json, run.json (config, package versions, device) and the PNG figures,
+Writes report.md (the parts that ran, figures embedded), results.json ({"theory", "staircase",
+"scaling", "environment"}), exponents.json, run.json (config, package versions, device) and the PNG figures,
 each atomically.
 """
 
@@ -21,8 +21,20 @@ def write_staircase_figures(out: Path, staircase: dict) -> dict[str, str]:
     return {"overlaps against steps/d": over.name, "excess loss against steps/d": loss.name}
 
 
+def write_scaling_figures(out: Path, scaling: dict) -> dict[str, str]:
+    """The scaling-law, collapse and phase-diagram figures; returns {caption: file name}."""
+    from easyhard.report.scaling import plot_collapse, plot_phase, plot_scaling
+
+    laws = plot_scaling(scaling["parts"], out / "scaling_laws.png")
+    collapse = plot_collapse(scaling["parts"], out / "scaling_collapse.png")
+    phase = plot_phase(scaling["phase"], out / "scaling_phase.png")
+    return {"censored median recovery time against d": laws.name,
+            "overlaps against steps / d^(k-1)": collapse.name,
+            "fraction recovered against log n / log d and the step constant": phase.name}
+
+
 def write_reproduction(out_dir: str | Path, config: dict, theory: dict | None = None,
-                       staircase: dict | None = None) -> dict[str, Path]:
+                       staircase: dict | None = None, scaling: dict | None = None) -> dict[str, Path]:
     """Write whichever parts were run; returns the written paths by role."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,6 +57,14 @@ def write_reproduction(out_dir: str | Path, config: dict, theory: dict | None = 
             paths[name] = out / name
         parts.append(render_staircase(staircase, figures))
         results["staircase"] = staircase
+    if scaling is not None:
+        from easyhard.report.scaling import render_scaling
+
+        figures = write_scaling_figures(out, scaling)
+        for name in figures.values():
+            paths[name] = out / name
+        parts.append(render_scaling(scaling, figures))
+        results["scaling"] = scaling
     results["environment"] = env
     paths["run"] = atomic_write_json(out / "run.json", {"config": config, **env})
     paths["results"] = atomic_write_json(out / "results.json", results)

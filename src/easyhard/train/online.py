@@ -47,6 +47,8 @@ WEIGHTINGS = ("none", "eps")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: steps per chunk of latents / times / orders drawn from the member generators (fixed: keeps streams E-independent)
 CHUNK = 2048
+#: steps captured per CUDA graph by the torch engine on CUDA (fewer when a block's noise would exceed NOISE_BLOCK)
+GRAPH_BLOCK = 32
 #: most Gaussians the torch engine holds at once (2**26 float32 = 256 MiB)
 NOISE_BLOCK = 2**26
 
@@ -69,6 +71,8 @@ class OnlineSGDConfig:
     thresholds: |alpha| levels whose first-passage steps are tracked at every step.
     persistence: a crossing at step tau counts as recovery only if |alpha| >= threshold still holds at
         step tau + floor(persistence * tau) (0: every first passage counts).
+    graph_block: steps per CUDA-graph block of the torch engine (0: GRAPH_BLOCK on CUDA, none on CPU); a
+        positive value also runs the static-buffer block path on CPU, which is how it is tested there.
     engine: "numba" (CPU kernel), "torch" (CPU/CUDA), "auto" (numba on CPU when supported), or
         "reduced": the exact-in-law simulation of the overlaps (tied single neuron, fresh samples,
         fixed t, spherical SGD; :mod:`easyhard.train._reduced`), whose cost per step does not grow with d.
@@ -85,6 +89,7 @@ class OnlineSGDConfig:
     n_logs: int = 120
     thresholds: tuple[float, ...] = (0.2, 0.5)
     persistence: float = 0.5
+    graph_block: int = 0
     engine: str = "auto"
     dtype: str = "float32"
     device: str = "cpu"
@@ -109,6 +114,7 @@ class OnlineSGDConfig:
         for th in self.thresholds:
             check_unit_interval("thresholds", th)
         check_nonnegative("persistence", self.persistence)
+        check_int_at_least("graph_block", self.graph_block, 0)
         check_choice("engine", self.engine, ENGINES)
         check_choice("dtype", self.dtype, DTYPES)
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -445,6 +451,13 @@ class _TorchRunner:
         self.cuda_gen = None
         if self.dev.type == "cuda":
             self.cuda_gen = torch.Generator(self.dev).manual_seed(int(np.uint64(states[0, 0]) >> np.uint64(1)))
+        # CUDA graphs by default on CUDA; ``config.graph_block`` > 0 forces the static-buffer path (also on CPU)
+        block = config.graph_block if config.graph_block > 0 else (GRAPH_BLOCK if self.dev.type == "cuda" else 0)
+        per_step = 1 if config.n_samples is not None else 2
+        block = min(block, max(1, NOISE_BLOCK // (E * per_step * model.d)))
+        self.graphs = block > 0
+        self.static = self._static_buffers(block) if self.graphs else None
+        self.graph, self.warmed = None, False
 
     def load_chunk(self, chunk):
         """Move the chunk's draws to the device; its Gaussians are drawn block by block in :meth:`_noise`."""
@@ -474,41 +487,101 @@ class _TorchRunner:
         return self.noise[:, i - self.noise_start]
 
     def run(self, i0, i1, step0):
-        m, ch, (u, v, mm) = self.model, self.chunk, self.P.unbind(1)
-        sbu, sbv, shrink, bm = (c[:, None] for c in self.coef.unbind(1))
-        tco = ch["tco"].to(self.dt)
+        """Steps i0 .. i1-1 of the chunk: CUDA-graph blocks where possible (:meth:`_run_blocks`), else eagerly."""
+        if self.graphs:
+            i0 = self._run_blocks(i0, i1, step0)
+        ch = self.chunk
         for i in range(i0, i1):
-            a, s, wt = tco[:, i, 0:1], tco[:, i, 1:2], tco[:, i, 3]
-            noise = self._noise(i)
-            if self.X is not None:
-                x0 = self.X[self.members, ch["idx"][:, i]]
-                xi = noise[:, 0]
-            else:
-                z, xi = noise[:, 0], noise[:, 1]
-                vz = (v * z).sum(-1, keepdim=True)
-                cv = sbv * ch["nu"][:, i:i + 1].to(self.dt) * (1 - shrink) - shrink * vz
-                x0 = z + sbu * ch["lam"][:, i:i + 1].to(self.dt) * u + cv * v + bm * mm
-            xt = a * x0 + s * xi
-            t = ch["t"][:, i:i + 1].to(self.dt)
-            x0b, xtb = x0[:, None], xt[:, None]
-            loss, grads = m.loss_and_gradients(self.p, x0b, xtb, t, weight=wt[:, None])
-            self.loss_acc += (wt * loss[:, 0]).double()
-            step = spherical_step if self.config.spherical else plain_step
-            self.p["w"] = step(self.p["w"], grads["w"], self.eta)
-            if "o" in grads:
-                self.p["o"] = plain_step(self.p["o"], grads["o"], self.eta)
-            self._track(m.overlaps(self.p, self.P).abs(), step0 + i + 1)
+            self._step(self._noise(i), ch["tco"][:, i].to(self.dt), ch["lam"][:, i:i + 1], ch["nu"][:, i:i + 1],
+                       ch["t"][:, i:i + 1], ch["idx"][:, i], step0 + i + 1)
 
-    def _track(self, al: torch.Tensor, n: int) -> None:
-        """:func:`easyhard.train._kernel.track_recovery` on all members at once (no host synchronisation)."""
+    def _step(self, noise, tco, lam, nu, t, idx, n):
+        """One SGD step of every member, updating the state in place (fixed addresses, no host synchronisation).
+
+        noise (E, 1 or 2, d): (z, xi) or xi; tco (E, 4); lam, nu, t (E, 1); idx (E,) training-set rows;
+        n: the global step after this one (int, or a 0-d device tensor inside a CUDA graph).
+        """
+        m, (u, v, mm) = self.model, self.P.unbind(1)
+        sbu, sbv, shrink, bm = (c[:, None] for c in self.coef.unbind(1))
+        a, s, wt = tco[:, 0:1], tco[:, 1:2], tco[:, 3]
+        if self.X is not None:
+            x0, xi = self.X[self.members, idx], noise[:, 0]
+        else:
+            z, xi = noise[:, 0], noise[:, 1]
+            cv = sbv * nu.to(self.dt) * (1 - shrink) - shrink * (v * z).sum(-1, keepdim=True)
+            x0 = z + sbu * lam.to(self.dt) * u + cv * v + bm * mm
+        xt = a * x0 + s * xi
+        loss, grads = m.loss_and_gradients(self.p, x0[:, None], xt[:, None], t.to(self.dt), weight=wt[:, None])
+        self.loss_acc.add_((wt * loss[:, 0]).double())
+        step = spherical_step if self.config.spherical else plain_step
+        self.p["w"].copy_(step(self.p["w"], grads["w"], self.eta))
+        if "o" in grads:
+            self.p["o"].copy_(plain_step(self.p["o"], grads["o"], self.eta))
+        self._track(m.overlaps(self.p, self.P).abs(), n)
+
+    def _track(self, al: torch.Tensor, n) -> None:
+        """:func:`easyhard.train._kernel.track_recovery` on all members at once, in place."""
         above = al[..., None] >= self.thr
-        self.hits = torch.where((self.hits < 0) & above, n, self.hits)
+        self.hits.copy_(torch.where((self.hits < 0) & above, n, self.hits))
         open_ = self.rec < 0
-        self.pending = torch.where(open_ & (self.pending < 0) & above, n, self.pending)
+        self.pending.copy_(torch.where(open_ & (self.pending < 0) & above, n, self.pending))
         window = torch.floor(self.pending.double() * self.config.persistence).long()
         due = open_ & (self.pending >= 0) & (n >= self.pending + window)
-        self.rec = torch.where(due & above, self.pending, self.rec)
-        self.pending = torch.where(due & ~above, -1, self.pending)
+        self.rec.copy_(torch.where(due & above, self.pending, self.rec))
+        self.pending.copy_(torch.where(due & ~above, -1, self.pending))
+
+    # ----- CUDA graphs: a block of B steps captured once and replayed --------------------------------------------
+    def _static_buffers(self, B: int) -> dict[str, torch.Tensor]:
+        """Inputs of one block at fixed addresses: noise (B, E, per_step, d), per-step draws (E, B[, 4]), n0."""
+        E, d = len(self.eta), self.model.d
+        per_step = 1 if self.config.n_samples is not None else 2
+        z = lambda *shape, dtype=self.dt: torch.zeros(shape, dtype=dtype, device=self.dev)  # noqa: E731
+        return {"noise": z(B, E, per_step, d), "tco": z(E, B, 4), "lam": z(E, B, dtype=torch.float64),
+                "nu": z(E, B, dtype=torch.float64), "t": z(E, B, dtype=torch.float64),
+                "idx": z(E, B, dtype=torch.int64), "n0": z(dtype=torch.int64)}
+
+    def _block(self) -> None:
+        """The B steps of one block, reading only the static buffers (what a CUDA graph records)."""
+        st = self.static
+        for j in range(st["noise"].shape[0]):
+            self._step(st["noise"][j], st["tco"][:, j], st["lam"][:, j:j + 1], st["nu"][:, j:j + 1],
+                       st["t"][:, j:j + 1], st["idx"][:, j], st["n0"] + (j + 1))
+
+    def _fill_block(self, i0: int, step0: int) -> None:
+        st, ch = self.static, self.chunk
+        B = st["noise"].shape[0]
+        for key in ("lam", "nu", "t", "idx"):
+            st[key].copy_(ch[key][:, i0:i0 + B])
+        st["tco"].copy_(ch["tco"][:, i0:i0 + B])
+        if self.cuda_gen is not None:
+            torch.randn(st["noise"].shape, generator=self.cuda_gen, dtype=self.dt, device=self.dev, out=st["noise"])
+        else:  # CPU (tests): the member streams, as in the eager path
+            st["noise"].copy_(torch.stack([self._noise(i0 + j) for j in range(B)]))
+        st["n0"].fill_(step0 + i0)
+
+    def _run_blocks(self, i0: int, i1: int, step0: int) -> int:
+        """Whole blocks from i0 on; returns where the eager remainder starts. On CUDA the first block runs
+        eagerly (warm-up on a side stream), the second is captured, and every block after that is one replay."""
+        B = self.static["noise"].shape[0]
+        while i1 - i0 >= B:
+            self._fill_block(i0, step0)
+            if self.dev.type != "cuda":
+                self._block()
+            elif self.graph is None and not self.warmed:
+                side = torch.cuda.Stream(self.dev)
+                side.wait_stream(torch.cuda.current_stream(self.dev))
+                with torch.cuda.stream(side):
+                    self._block()
+                torch.cuda.current_stream(self.dev).wait_stream(side)
+                self.warmed = True
+            else:
+                if self.graph is None:
+                    self.graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self.graph):
+                        self._block()
+                self.graph.replay()
+            i0 += B
+        return i0
 
     def take_loss(self):
         out = self.loss_acc.cpu().numpy().copy()

@@ -1,0 +1,348 @@
+"""Sample-complexity laws measured: recovery times of one spike against d (issue 5; calibration.md).
+
+A *cell* (:class:`RecoveryConfig`, the sweepable experiment ``recovery``) runs ``seeds`` independent
+online-SGD runs of the tied single neuron at one dimension d and returns the persistent recovery
+times of one spike (u or v), censored at the budget. ``reproduce scaling`` (:class:`ScalingConfig`)
+runs several *parts*, each a list of cells over d, and fits tau_med(d) = C d^kappa with a bootstrap
+interval:
+
+- ``u``: the covariance spike with eta ~ 1/d (k = 2: tau ~ d log d);
+- ``v_sign``: v with sign-coupled latents, eta = 0.3/d (conditional exponent 1: tau ~ d log d);
+- ``v_indep``: v with independent latents in the calibrated setting S1 (k = 4: tau ~ d^3), step
+  eta = eps/d^2 from the population-loss calibration, via the exact reduced simulator (``--quick``)
+  or the full d-dimensional engine (``--full``), with the escape-SDE prediction n_med(d);
+- ``canonical``: the paper's setting (tanh, Rademacher, beta_u = beta_v = 5) with the step that
+  learns u: u is recovered in O(d log d) while v stays at noise level for 100 d^2 steps;
+- ``phase``: the fraction of runs recovered by n = d^x against the step constant eps (S1, reduced).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from easyhard._validate import (
+    ConfigError,
+    check_choice,
+    check_int_at_least,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+)
+from easyhard.activations import ACTIVATIONS, make_activation
+from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
+from easyhard.experiments.registry import Experiment
+from easyhard.metrics import bootstrap_scaling, km_median, km_quantile
+from easyhard.models import Committee
+from easyhard.train import ENGINES, OnlineSGDConfig, run_online_sgd
+
+DIRECTIONS = ("u", "v")
+_SPIKE = {"u": 0, "v": 1}
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """One cell: ``seeds`` runs of spherical online SGD at dimension d; recovery times of ``direction``.
+
+    Step eta = delta / d^p; budget steps = ceil(budget * d^budget_power). Defaults: setting S1 of
+    calibration.md (beta_u = 0, beta_v = 20, Bernoulli(0.1)-Gaussian nu, t = 0.1, tanh, a_out = -1,
+    eps = 12.53 at zeta = 0.3, 5x the predicted median 0.0205 d^3), exact reduced simulator.
+    """
+
+    d: int = 64
+    direction: str = "v"
+    activation: str = "tanh"
+    a_out: float = -1.0
+    t: float = 0.1
+    nu: str = "bernoulli_gauss"
+    nu_param: float | None = 0.1
+    beta_u: float = 0.0
+    beta_v: float = 20.0
+    coupling: str = "independent"
+    q: float = 1.0
+    delta: float = 12.53
+    p: float = 2.0
+    budget: float = 0.1
+    budget_power: float = 3.0
+    seeds: int = 64
+    base_seed: int = 0
+    threshold: float = 0.5
+    persistence: float = 0.5
+    engine: str = "reduced"
+    device: str = "cpu"
+    dtype: str = "float32"
+    n_logs: int = 60
+
+    def __post_init__(self):
+        check_int_at_least("d", self.d, 8)
+        check_choice("direction", self.direction, DIRECTIONS)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("coupling", self.coupling, COUPLINGS)
+        check_choice("engine", self.engine, ENGINES)
+        for name in ("beta_u", "beta_v", "p", "budget_power", "persistence"):
+            check_nonnegative(name, getattr(self, name))
+        for name in ("t", "delta", "budget"):
+            check_positive(name, getattr(self, name))
+        check_unit_interval("threshold", self.threshold)
+        check_int_at_least("seeds", self.seeds, 2)
+        check_int_at_least("base_seed", self.base_seed, 0)
+        if self.a_out == 0:
+            raise ConfigError("a_out must be nonzero")
+        if self.steps < 1:
+            raise ConfigError(f"budget * d^budget_power must give at least one step (got {self.steps})")
+
+    @property
+    def steps(self) -> int:
+        return int(math.ceil(self.budget * self.d**self.budget_power))
+
+    def data(self) -> MixedCumulantModel:
+        return MixedCumulantModel.create(d=self.d, beta_u=self.beta_u, beta_v=self.beta_v,
+                                         nu=make_latent_law(self.nu, self.nu_param), coupling=self.coupling, q=self.q)
+
+    def net(self) -> Committee:
+        data = self.data()
+        return Committee(self.d, 1, make_activation(self.activation, data.law, self.beta_v, self.t), a_out=self.a_out)
+
+    def sgd(self) -> OnlineSGDConfig:
+        return OnlineSGDConfig(steps=self.steps, delta=self.delta, p=self.p, t=self.t, thresholds=(self.threshold,),
+                               persistence=self.persistence, engine=self.engine, device=self.device, dtype=self.dtype,
+                               n_logs=self.n_logs)
+
+
+def _finite(x: float) -> float | None:
+    """None for a quantile that was not reached (JSON has no infinity)."""
+    return float(x) if math.isfinite(x) else None
+
+
+def run_recovery(config: RecoveryConfig, progress: Callable[[int], None] | None = None) -> dict:
+    """Run one cell; returns recovery times (-1: censored), their Kaplan-Meier median and quartiles,
+    and the quartiles over runs of |alpha_u|, |alpha_v| at the logged steps."""
+    seeds = range(config.base_seed, config.base_seed + config.seeds)
+    res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, progress)
+    times = res.recoveries(config.threshold)[:, 0, _SPIKE[config.direction]]
+    abs_al = np.abs(res.overlaps[:, :, 0, :2])  # (L, E, 2): u, v
+    curves = {f"abs_alpha_{name}_q{q}": np.percentile(abs_al[..., i], q, axis=1).tolist()
+              for i, name in enumerate(("u", "v")) for q in (25, 50, 75)}
+    other = res.recoveries(config.threshold)[:, 0, 1 - _SPIKE[config.direction]]
+    return {
+        "d": config.d, "direction": config.direction, "threshold": config.threshold, "steps": config.steps, "eta": float(res.etas[0]),
+        "engine": res.engine, "median": _finite(km_median(times)), "q25": _finite(km_quantile(times, 0.25)),
+        "q75": _finite(km_quantile(times, 0.75)), "recovered_fraction": float((times >= 0).mean()),
+        "other_recovered_fraction": float((other >= 0).mean()),
+        "final_abs_alpha_u": float(np.median(abs_al[-1, :, 0])), "final_abs_alpha_v": float(np.median(abs_al[-1, :, 1])),
+        "times": times.tolist(), "log_steps": res.log_steps.tolist(), **curves,
+    }
+
+
+RECOVERY = Experiment("recovery", RecoveryConfig, run_recovery,
+                      "recovery times of one spike for single-neuron online SGD at one d")
+
+
+# ---------------------------------------------------------------------------------------------
+# reproduce scaling
+# ---------------------------------------------------------------------------------------------
+
+#: setting S1 of calibration.md as cell fields (the RecoveryConfig defaults)
+S1 = {"activation": "tanh", "a_out": -1.0, "t": 0.1, "nu": "bernoulli_gauss", "nu_param": 0.1, "beta_u": 0.0,
+      "beta_v": 20.0, "coupling": "independent"}
+#: the paper's canonical setting: tanh, Rademacher nu, beta_u = beta_v = 5 (t = 0.3 as in calibration.md)
+CANONICAL = {"activation": "tanh", "a_out": 1.0, "t": 0.3, "nu": "rademacher", "nu_param": None, "beta_u": 5.0,
+             "beta_v": 5.0, "coupling": "independent"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A scaling law to measure: one cell per d, the predicted exponent and whether a log d factor is expected."""
+
+    name: str
+    cell: RecoveryConfig
+    dims: tuple[int, ...]
+    predicted_kappa: float
+    log_factor: bool
+    sde: bool = False  # compare with the escape-SDE prediction n_med(d) of the calibration
+
+    def cells(self) -> list[RecoveryConfig]:
+        return [replace(self.cell, d=d) for d in self.dims]
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """What ``reproduce scaling`` runs: the laws (parts), the canonical-setting control and the phase diagram.
+
+    zeta: the escape parameter of the calibrated step (eps = 4|c_4|/(zeta G^2)); phase_zetas: the step
+    constants of the phase diagram, as zeta values; phase_power: budget d^phase_power for it.
+    """
+
+    parts: tuple[Part, ...]
+    canonical: RecoveryConfig
+    canonical_dims: tuple[int, ...]
+    phase: RecoveryConfig
+    phase_zetas: tuple[float, ...]
+    zeta: float = 0.3
+    n_boot: int = 1000
+
+    def __post_init__(self):
+        check_positive("zeta", self.zeta)
+        check_int_at_least("n_boot", self.n_boot, 10)
+
+    def all_cells(self) -> list[tuple[str, RecoveryConfig]]:
+        """Every cell as (label, config), in run order."""
+        out = [(f"{p.name} d={c.d}", c) for p in self.parts for c in p.cells()]
+        out += [(f"canonical d={d}", replace(self.canonical, d=d)) for d in self.canonical_dims]
+        out += [(f"phase zeta={z:g}", replace(self.phase, delta=self.calibration_eps(z))) for z in self.phase_zetas]
+        return out
+
+    def calibration_eps(self, zeta: float) -> float:
+        return s1_calibration(zeta).eps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def s1_calibration(zeta: float = 0.3):
+    """Population-loss calibration of setting S1 (c_4, G^2, eps, T*, n_med), :func:`easyhard.theory.calibrate`."""
+    from easyhard.theory import SingleNeuron, calibrate
+
+    cell = RecoveryConfig(**S1)
+    data = replace(cell, d=8).data()
+    neuron = SingleNeuron(make_activation(cell.activation, data.law, cell.beta_v, cell.t), cell.t, None, cell.a_out)
+    return calibrate(data, neuron, "v", zeta=zeta)
+
+
+def _parts(dims_fast, dims_indep, seeds_fast, seeds_indep, indep_engine, budget_factor, device, dtype):
+    """The three laws of the acceptance criteria (the S1 step and budget come from the calibration)."""
+    cal = s1_calibration()
+    u = RecoveryConfig(**CANONICAL | {"t": 0.5}, direction="u", delta=0.5, p=1.0, budget=40.0, budget_power=1.0,
+                       seeds=seeds_fast, engine="auto", device=device, dtype=dtype)
+    v_sign = RecoveryConfig(**S1 | {"nu": "rademacher", "nu_param": None, "beta_u": 5.0, "coupling": "sign"},
+                            direction="v", delta=0.3, p=1.0, budget=100.0, budget_power=1.0, seeds=seeds_fast,
+                            engine="auto", device=device, dtype=dtype)
+    v_indep = RecoveryConfig(**S1, direction="v", delta=cal.eps, p=2.0, budget=budget_factor * cal.n_med_coefficient,
+                             budget_power=3.0, seeds=seeds_indep, engine=indep_engine, device=device, dtype=dtype)
+    return (Part("u", u, dims_fast, 1.0, True), Part("v_sign", v_sign, dims_fast, 1.0, True),
+            Part("v_indep", v_indep, dims_indep, 3.0, False, sde=True))
+
+
+def profile(name: str, device: str = "cpu") -> ScalingConfig:
+    """``quick``: CPU, a few minutes on 2 cores; ``full``: one GPU (full engine to d = 512, reduced to 1024)."""
+    check_choice("profile", name, ("quick", "full"))
+    zetas = (3.0, 1.0, 0.3, 0.1, 0.05, 0.03)
+    if name == "quick":
+        parts = _parts((64, 128, 256, 512), (32, 64, 128, 256), 64, 256, "reduced", 5.0, "cpu", "float32")
+        canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=100.0, budget_power=2.0,
+                                   seeds=32, engine="auto")
+        phase = RecoveryConfig(**S1, d=64, budget=1.0, budget_power=3.3, seeds=32)
+        return ScalingConfig(parts, canonical, (64, 128), phase, zetas)
+    fast = _parts((64, 128, 256, 512, 1024), (64, 128, 256, 512), 256, 256, "auto", 4.0, device, "float32")
+    reduced = _parts((), (32, 64, 128, 256, 512, 1024), 256, 512, "reduced", 5.0, "cpu", "float32")[2]
+    parts = fast + (replace(reduced, name="v_indep_reduced"),)
+    canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=100.0, budget_power=2.0,
+                               seeds=64, engine="auto", device=device)
+    phase = RecoveryConfig(**S1, d=128, budget=1.0, budget_power=3.3, seeds=64)
+    return ScalingConfig(parts, canonical, (128, 256), phase, zetas)
+
+
+def _run_cell(label: str, cell: RecoveryConfig, cache_dir, progress) -> dict:
+    """Metrics of one cell, read back from ``cache_dir`` when a finished cell with the same config is there."""
+    from easyhard.runs import atomic_write_json
+
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / (label.replace(" ", "_").replace("=", "") + ".json")
+        if path.exists():
+            import json
+
+            saved = json.loads(path.read_text())
+            if saved.get("config") == asdict(cell):
+                return saved["metrics"]
+    metrics = run_recovery(cell, progress)
+    if path is not None:
+        atomic_write_json(path, {"config": asdict(cell), "metrics": metrics})
+    return metrics
+
+
+def _fit_part(part: Part, cells: list[dict], n_boot: int, calibration) -> dict:
+    times = {c["d"]: np.asarray(c["times"]) for c in cells}
+    fit = bootstrap_scaling(times, log_factor=False, n_boot=n_boot)
+    fit_log = bootstrap_scaling(times, log_factor=True, n_boot=n_boot)
+    out = {"predicted_kappa": part.predicted_kappa, "law": "d log d" if part.log_factor else f"d^{part.predicted_kappa:g}",
+           "fit": fit.to_dict(), "fit_log": fit_log.to_dict(), "cells": cells}
+    if part.sde:
+        pred = [float(calibration.predicted_median(d)) for d in fit.dims]
+        out["sde_median"] = pred
+        out["median_over_sde"] = [m / p for m, p in zip(fit.medians, pred)]
+    return out
+
+
+def _canonical_summary(cells: list[dict]) -> dict:
+    """u recovered (persistently) and v at noise level: max over records of the median |alpha_v| vs 3/sqrt(d)."""
+    rows = []
+    for c in cells:
+        d = c["d"]
+        rows.append({"d": d, "steps": c["steps"], "u_recovered_fraction": c["recovered_fraction"],
+                     "median_tau_u_over_d_log_d": None if c["median"] is None else c["median"] / (d * math.log(d)),
+                     "v_recovered_fraction": c["other_recovered_fraction"],
+                     "max_median_abs_alpha_v": max(c["abs_alpha_v_q50"]), "noise_level": 3 / math.sqrt(d),
+                     "final_abs_alpha_u": c["final_abs_alpha_u"], "final_abs_alpha_v": c["final_abs_alpha_v"]})
+    ok = all(r["u_recovered_fraction"] >= 0.9 and r["v_recovered_fraction"] == 0
+             and r["max_median_abs_alpha_v"] <= r["noise_level"] for r in rows)
+    return {"rows": rows, "u_learned_v_not": ok}
+
+
+def _phase_summary(config: ScalingConfig, cells: list[dict]) -> dict:
+    """Fraction of runs recovered by n = d^x for each step constant, and the SDE's median as log n / log d."""
+    from easyhard.theory import escape_median
+
+    d = config.phase.d
+    xs = np.linspace(1.0, config.phase.budget_power, 47)
+    rows = []
+    for zeta, c in zip(config.phase_zetas, cells):
+        cal = s1_calibration(zeta)
+        t = np.asarray(c["times"], dtype=float)
+        frac = [float(((t >= 0) & (t <= d**x)).mean()) for x in xs]
+        n_med = escape_median(zeta, 4) / (cal.eps**2 * cal.G2) * d**3
+        rows.append({"zeta": zeta, "eps": cal.eps, "recovered_by": frac, "sde_log_n_over_log_d": math.log(n_med) / math.log(d),
+                     "median": c["median"]})
+    return {"d": d, "x": xs.tolist(), "rows": rows}
+
+
+def run_scaling(config: ScalingConfig, cache_dir=None, progress: Callable[[str], None] | None = None) -> dict:
+    """Run every cell (reusing finished ones found in ``cache_dir``), fit the laws and check the acceptance."""
+    cal = s1_calibration(config.zeta)
+    metrics = {}
+    for label, cell in config.all_cells():
+        metrics[label] = _run_cell(label, cell, cache_dir, None)
+        if progress is not None:
+            progress(label)
+    parts = {p.name: _fit_part(p, [metrics[f"{p.name} d={d}"] for d in p.dims], config.n_boot, cal)
+             for p in config.parts}
+    canonical = _canonical_summary([metrics[f"canonical d={d}"] for d in config.canonical_dims])
+    phase = _phase_summary(config, [metrics[f"phase zeta={z:g}"] for z in config.phase_zetas])
+    return {"config": config.to_dict(), "calibration": cal.to_dict(), "parts": parts, "canonical": canonical,
+            "phase": phase, "acceptance": acceptance(parts, canonical)}
+
+
+def _within(value: float, lo: float, hi: float) -> bool:
+    return lo <= value <= hi
+
+
+def acceptance(parts: dict, canonical: dict) -> dict:
+    """Issue 5's checks, from the runs' own numbers (each with its bootstrap interval)."""
+    checks = {}
+    for name, lo, hi in (("u", 0.9, 1.4), ("v_sign", 0.9, 1.4), ("v_indep", 2.7, 3.2), ("v_indep_reduced", 2.7, 3.2)):
+        if name in parts:
+            fit = parts[name]["fit"]
+            checks[f"kappa_{name}"] = {"value": fit["kappa"], "interval": fit["interval"], "range": [lo, hi],
+                                       "pass": _within(fit["kappa"], lo, hi)}
+    checks["canonical_u_learned_v_not"] = {"pass": canonical["u_learned_v_not"]}
+    if "v_indep" in parts and "v_indep_reduced" in parts:
+        full, red = parts["v_indep"]["fit"], parts["v_indep_reduced"]["fit"]
+        common = [d for d in full["dims"] if d in red["dims"]]
+        ratios = [full["medians"][full["dims"].index(d)] / red["medians"][red["dims"].index(d)] for d in common]
+        checks["full_vs_reduced_medians"] = {"dims": common, "ratios": ratios,
+                                             "pass": all(abs(r - 1) <= 0.15 for r in ratios)}
+    checks["all_pass"] = all(c["pass"] for c in checks.values())
+    return checks
