@@ -165,6 +165,29 @@ def _run_staircase(config):
     return results
 
 
+def _run_scaling(profile, out_dir, device):
+    """The scaling laws with a progress bar over cells (finished cells are reused from OUT/cells)."""
+    from pathlib import Path
+
+    import torch
+
+    from easyhard.experiments.scaling import profile as scaling_profile
+    from easyhard.experiments.scaling import run_scaling
+
+    device = device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")
+    config = scaling_profile(profile, device)
+    with click.progressbar(length=len(config.all_cells()), label="scaling laws", file=sys.stderr,
+                           item_show_func=lambda label: label) as bar:
+        results = run_scaling(config, Path(out_dir) / "cells", progress=lambda label: bar.update(1, label))
+    rows = [[name, part["law"], ", ".join(map(str, part["fit"]["dims"])),
+             "{:.3f} [{:.3f}, {:.3f}]".format(part["fit"]["kappa"], *part["fit"]["interval"])]
+            for name, part in results["parts"].items()]
+    click.echo(_table(["part", "predicted", "dims", "kappa (95% CI)"], rows))
+    click.echo(f"\ncanonical setting: u learned, v not: {results['canonical']['u_learned_v_not']}")
+    click.echo(f"scaling checks pass: {results['acceptance']['all_pass']}")
+    return results, device
+
+
 def _write(out_dir, config, start, **parts):
     from easyhard.experiments import write_reproduction
 
@@ -173,7 +196,7 @@ def _write(out_dir, config, start, **parts):
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile, < 5 min on 2 cores (default)")
+@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile, < 10 min on 2 cores (default)")
 @click.option("--full", "profile", flag_value="full", help="larger d and more seeds (meant for a GPU)")
 @click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False),
               help="output folder")
@@ -182,8 +205,8 @@ def _write(out_dir, config, start, **parts):
 def reproduce(ctx, profile, out_dir, dims, seeds, steps_per_d, engine, device):
     """Reproduce the headline results into OUT (report.md, results.json, figures).
 
-    Without a subcommand this runs both parts: the theory report (exponent table, oracle MSEs) and
-    the staircase experiment (online SGD, independent vs sign-coupled latents).
+    Without a subcommand this runs all parts: the theory report (exponent table, oracle MSEs), the
+    staircase experiment (online SGD, independent vs sign-coupled latents) and the scaling laws.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -191,8 +214,9 @@ def reproduce(ctx, profile, out_dir, dims, seeds, steps_per_d, engine, device):
     config = _staircase_config(profile, dims, seeds, steps_per_d, engine, device)
     theory_results = _run_theory()
     staircase_results = _run_staircase(config)
+    scaling_results, _ = _run_scaling(profile, out_dir, device)
     _write(out_dir, {"command": "reproduce", "profile": profile, "staircase": dataclasses.asdict(config)}, start,
-           theory=theory_results, staircase=staircase_results)
+           theory=theory_results, staircase=staircase_results, scaling=scaling_results)
 
 
 @reproduce.command()
@@ -216,6 +240,71 @@ def staircase(profile, out_dir, dims, seeds, steps_per_d, engine, device):
            start, staircase=_run_staircase(config))
 
 
+@reproduce.command()
+@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile, < 10 min on 2 cores (default)")
+@click.option("--full", "profile", flag_value="full", help="full engine to d = 512 and reduced simulator to d = 1024 (GPU)")
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]")
+def scaling(profile, out_dir, device):
+    """Sample-complexity laws: recovery time against d for u, v (sign-coupled) and v (independent, calibrated).
+
+    Finished cells are kept under OUT/cells and reused when the command is run again.
+    """
+    start = time.perf_counter()
+    results, device = _run_scaling(profile, out_dir, device)
+    _write(out_dir, {"command": "reproduce scaling", "profile": profile, "device": device}, start, scaling=results)
+
+
+class _SweepFailed(Exception):
+    """Some runs of a sweep failed: reported after the summary, exit code 1."""
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder: runs/<id>/, results.parquet, sweep.json")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="fix a config field (repeatable)")
+@click.option("--grid", "grids", multiple=True, metavar="FIELD=V1,V2,...",
+              help="sweep a config field over these values (repeatable; replaces the file's values)")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local worker processes or Ray tasks")
+@click.option("--address", default=None, help="Ray cluster to join [default: start a local Ray instance]")
+@click.option("--workers", type=int, default=None, help="runs at a time (local Ray: its CPUs) [default: CPU count]")
+@click.option("--gpus-per-run", type=float, default=None,
+              help="GPUs per Ray task [default: 1 if the cluster has GPUs and the config a device field, else 0]")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads per run (0: torch's default)")
+@click.option("--dry-run", is_flag=True, help="list the runs (id, swept values, done or pending) without running")
+def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, threads, dry_run):
+    """Run the parameter sweep in the TOML FILE into OUT; runs already done there are skipped.
+
+    FILE names the experiment, fixed fields ([base]) and the grid ([grid]); see docs/sweeps.md.
+    """
+    from easyhard.runs import load_spec, make_backend, parse_grid, parse_set, plan_sweep, run_sweep, with_overrides
+    from easyhard.runs.sweep import check_table_extra
+
+    spec = with_overrides(load_spec(file), [parse_set(s) for s in sets], [parse_grid(g) for g in grids])
+    plan = plan_sweep(spec, out_dir)
+    n_done = sum(state == "done" for _, state in plan)
+    if dry_run:
+        swept = list(spec.grid)
+        rows = [[run.run_id, *(str(run.swept[k]) for k in swept), state] for run, state in plan]
+        click.echo(_table(["run_id", *swept, "state"], rows))
+        click.echo(f"{len(plan)} runs of {spec.experiment}: {n_done} done, {len(plan) - n_done} to run")
+        return
+    check_table_extra()
+    runner = make_backend(backend, workers=workers, address=address, gpus_per_run=gpus_per_run, threads=threads)
+    with click.progressbar(length=len(plan) - n_done, label=f"sweep {spec.experiment} ({runner.name})",
+                           file=sys.stderr) as bar:
+        summary = run_sweep(spec, out_dir, backend=runner, progress=lambda run, result: bar.update(1))
+    click.echo(f"{summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed of "
+               f"{len(summary.run_ids)} runs; table: {summary.table}")
+    if summary.failed:
+        for rid, error in list(summary.failed.items())[:10]:
+            click.echo(f"easyhard: run {rid} failed: {error}", err=True)
+        raise _SweepFailed(f"{len(summary.failed)} of {len(summary.run_ids)} runs failed "
+                           f"(see {out_dir}/runs/<id>/status.json; run the command again to retry them)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the click group, mapping bad input to one line on stderr and exit code 2."""
     try:
@@ -229,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as err:
         return err.exit_code
     except DivergenceError as err:
+        click.echo(f"easyhard: error: {err}", err=True)
+        return 1
+    except _SweepFailed as err:
         click.echo(f"easyhard: error: {err}", err=True)
         return 1
     except click.Abort:

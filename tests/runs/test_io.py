@@ -1,6 +1,8 @@
 """Atomic writes leave either the old or the new file, never a partial one."""
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -15,18 +17,27 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]
 
 
-def test_failed_write_keeps_old_file(tmp_path):
+def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
     atomic_write_text(path, "old")
 
-    class Boom:
-        def __str__(self):
-            raise RuntimeError("boom")
+    def boom(fd):
+        raise OSError("disk full")
 
-    with pytest.raises(TypeError):
-        atomic_write_text(path, Boom())  # fh.write fails inside the temp file
+    monkeypatch.setattr(os, "fsync", boom)  # fails after the temp file was written, before the rename
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_environment_info_has_versions_and_device():

@@ -193,9 +193,9 @@ class BernoulliGauss(LatentLaw):
             raise ConfigError(f"nu parameter p of bernoulli_gauss must lie in (0, 1] (got {self.p:g})")
 
     def sample(self, shape, generator=None, dtype=torch.float32, device="cpu"):
-        b = _uniform(shape, generator, torch.float64, device) < self.p
-        g = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
-        return (b * g / math.sqrt(self.p)).to(dtype)
+        b = _uniform(shape, generator, dtype, device) < self.p
+        g = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return b * g / math.sqrt(self.p)
 
     def quadrature(self):
         x, w = gauss_hermite(80)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -231,7 +231,7 @@ def profile(name: str, device: str = "cpu") -> ScalingConfig:
     check_choice("profile", name, ("quick", "full"))
     zetas = (3.0, 1.0, 0.3, 0.1, 0.05, 0.03)
     if name == "quick":
-        parts = _parts((64, 128, 256, 512), (32, 64, 128, 256), 64, 256, "reduced", 5.0, "cpu", "float32")
+        parts = _parts((64, 128, 256, 512), (32, 64, 128, 256), 64, 192, "reduced", 6.0, "cpu", "float32")
         canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=100.0, budget_power=2.0,
                                    seeds=32, engine="auto")
         phase = RecoveryConfig(**S1, d=64, budget=1.0, budget_power=3.3, seeds=32)

@@ -254,11 +254,14 @@ class _MemberDraws:
                 lo, hi = config.t_range
                 t[e] = (lo + (hi - lo) * torch.rand(length, generator=gen, dtype=torch.float64)).numpy()
         idx = self._orders(length, config.n_samples) if config.n_samples is not None else np.zeros((E, length), np.int64)
-        a = np.exp(-t)
-        s = np.sqrt(-np.expm1(-2 * t))
-        c = np.asarray(skip(torch.from_numpy(t)), dtype=np.float64) * np.ones_like(t)
-        weight = a * a / (s * s) if config.weighting == "eps" else np.ones_like(t)
-        return {"lam": lam, "nu": nu, "idx": idx, "t": t, "tco": np.ascontiguousarray(np.stack([a, s, c, weight], -1))}
+        tt = t if config.t_range is not None else t[:1, :1]  # a fixed t: one (a, s, c, weight), broadcast below
+        a = np.exp(-tt)
+        s = np.sqrt(-np.expm1(-2 * tt))
+        c = np.asarray(skip(torch.from_numpy(tt)), dtype=np.float64) * np.ones_like(tt)
+        weight = a * a / (s * s) if config.weighting == "eps" else np.ones_like(tt)
+        tco = np.empty((E, length, 4))
+        tco[...] = np.stack([a, s, c, weight], -1)
+        return {"lam": lam, "nu": nu, "idx": idx, "t": t, "tco": tco}
 
     def _orders(self, length: int, n: int) -> np.ndarray:
         """Training-set indices for ``length`` steps: passes over range(n), each in a fresh random order."""

@@ -1,0 +1,83 @@
+"""Small experiments shaped for parameter sweeps: a flat frozen config and a run returning flat metrics.
+
+``EXPONENTS``: the diffusion information exponents of u and v for the single-neuron denoiser
+D(x_t) = c x_t + a_out w sigma(w.x_t) on the mixed cumulant model (``easyhard exponents`` as an
+experiment). It is pure quadrature (no sampling), so a run takes milliseconds to a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_nonnegative, check_positive
+from easyhard.activations import ACTIVATIONS, make_activation
+from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
+from easyhard.experiments.registry import Experiment
+from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients
+
+
+@dataclass(frozen=True)
+class ExponentsConfig:
+    """One exponent computation: the model (d = 3 suffices: the loss depends on the overlaps only), the
+    neuron and the highest Hermite order ``k_max``. Defaults are the CLI's (``easyhard exponents``)."""
+
+    activation: str = "tanh"
+    nu: str = "rademacher"
+    nu_param: float | None = None
+    beta_u: float = 5.0
+    beta_v: float = 5.0
+    coupling: str = "independent"
+    q: float = 1.0
+    t: float = 0.5
+    a_out: float = 1.0
+    k_max: int = 8
+    skip: float | None = None
+    alpha_u_learned: float = 0.5
+
+    def __post_init__(self):
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("coupling", self.coupling, COUPLINGS)
+        check_nonnegative("beta_u", self.beta_u)
+        check_nonnegative("beta_v", self.beta_v)
+        check_positive("t", self.t)
+        check_int_at_least("k_max", self.k_max, 2)
+        if not 0 < self.alpha_u_learned < 1:
+            raise ConfigError(f"alpha_u_learned must lie in (0, 1) (got {self.alpha_u_learned:g})")
+        self.neuron(self.model())  # the law, the coupling and the neuron run their own checks
+
+    def model(self) -> MixedCumulantModel:
+        """The mixed cumulant model at d = 3."""
+        law = make_latent_law(self.nu, self.nu_param)
+        return MixedCumulantModel.create(d=3, beta_u=self.beta_u, beta_v=self.beta_v, nu=law,
+                                         coupling=self.coupling, q=self.q)
+
+    def neuron(self, model: MixedCumulantModel) -> SingleNeuron:
+        """The single-neuron denoiser (``matched`` uses the model's latent law)."""
+        return SingleNeuron(make_activation(self.activation, model.law, self.beta_v, self.t), self.t, self.skip,
+                            self.a_out)
+
+
+def run_exponents(config: ExponentsConfig) -> dict:
+    """Exponents of u and v as flat metrics.
+
+    Per direction s in (u, v): ``k_s`` (exponent k*, None when the loss does not depend on alpha_s up to
+    ``k_max``), ``slope_s`` (log-log cross-check slope), ``coef_s`` and ``term_s`` (leading coefficient and
+    monomial), ``attractive_s``, ``samples_s`` (predicted online-SGD cost); ``v_given_alpha_u`` is the
+    alpha_u at which v's exponent is conditional (coupled latents) or None. ``hermite_f`` (the list of
+    Hermite coefficients f_k(t)) stays in metrics.json only.
+    """
+    model = config.model()
+    neuron = config.neuron(model)
+    result = diffusion_exponents(model, neuron, config.k_max, config.alpha_u_learned)
+    metrics: dict = {}
+    for key, e in result.items():
+        metrics |= {f"k_{key}": e.exponent, f"slope_{key}": e.slope, f"coef_{key}": e.coefficient,
+                    f"term_{key}": e.term, f"attractive_{key}": e.attractive, f"samples_{key}": e.samples}
+    conditional = result["v"].conditional_on
+    metrics["v_given_alpha_u"] = None if conditional is None else conditional["alpha_u"]
+    metrics["hermite_f"] = hermite_coefficients(neuron, config.k_max).tolist()
+    return metrics
+
+
+EXPONENTS = Experiment("exponents", ExponentsConfig, run_exponents,
+                       "diffusion information exponents of u and v for a single-neuron denoiser")
