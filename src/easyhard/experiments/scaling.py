@@ -18,6 +18,7 @@ interval:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -202,6 +203,7 @@ class ScalingConfig:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=32)
 def s1_calibration(zeta: float = 0.3):
     """Population-loss calibration of setting S1 (c_4, G^2, eps, T*, n_med), :func:`easyhard.theory.calibrate`."""
     from easyhard.theory import SingleNeuron, calibrate

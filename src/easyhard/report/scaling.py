@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from easyhard.theory.calibration import RECOMMENDED_ZETA  # noqa: E402
+
 _TITLES = {"u": "u (covariance spike), eta ~ 1/d", "v_sign": "v, sign-coupled latents, eta = 0.3/d",
            "v_indep": "v, independent latents (S1), eta = eps/d^2", "v_indep_reduced": "v, independent (S1), reduced"}
 
@@ -78,7 +80,11 @@ def plot_collapse(parts: dict, path: Path) -> Path:
 
 
 def plot_phase(phase: dict, path: Path) -> Path:
-    """Fraction of runs recovered by n = d^x against x = log n / log d and the step constant eps (S1)."""
+    """Fraction of runs recovered by n = d^x against x = log n / log d and the step constant eps (S1).
+
+    The escape-SDE median is drawn in the recommended regime only: for small zeta (large steps) the
+    small-alpha SDE still escapes, but the SGD-noise shrinkage keeps the aligned state from being stable.
+    """
     x = np.asarray(phase["x"])
     rows = sorted(phase["rows"], key=lambda r: r["eps"])
     eps = np.array([r["eps"] for r in rows])
@@ -90,12 +96,15 @@ def plot_phase(phase: dict, path: Path) -> Path:
     xe = np.concatenate([[x[0] - 0.5 * (x[1] - x[0])], 0.5 * (x[1:] + x[:-1]), [x[-1] + 0.5 * (x[-1] - x[-2])]])
     mesh = ax.pcolormesh(xe, edges, frac, cmap="magma", vmin=0, vmax=1, shading="flat")
     fig.colorbar(mesh, ax=ax, label="fraction recovered by n")
-    ax.plot([r["sde_log_n_over_log_d"] for r in rows], eps, "o--", color="tab:cyan", ms=4, label="escape-SDE median")
+    valid = [r for r in rows if RECOMMENDED_ZETA[0] <= r["zeta"]]
+    ax.plot([r["sde_log_n_over_log_d"] for r in valid], [r["eps"] for r in valid], "o--", color="tab:cyan", ms=4,
+            label=f"escape-SDE median (zeta >= {RECOMMENDED_ZETA[0]:g})")
+    ax.axhline(0.5 * phase["d"], color="white", lw=0.8, ls=":", label="eta = 0.5/d")
     ax.set_yscale("log")
     ax.set_xlim(xe[0], xe[-1])
     ax.set_xlabel(f"log n / log d   (d = {phase['d']})")
     ax.set_ylabel("step constant eps (eta = eps / d^2)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

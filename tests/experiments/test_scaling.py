@@ -1,0 +1,78 @@
+"""The scaling experiment: recovery cells, caching of finished cells, fits and acceptance logic."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from easyhard._validate import ConfigError
+from easyhard.experiments import scaling
+from easyhard.experiments.scaling import CANONICAL, S1, Part, RecoveryConfig, ScalingConfig, run_recovery, run_scaling
+from easyhard.metrics import km_median
+
+
+def test_recovery_cell_reports_its_own_runs():
+    cell = RecoveryConfig(**S1, d=32, seeds=24, budget=0.15)  # reduced simulator, 7x the predicted median
+    m = run_recovery(cell)
+    times = np.asarray(m["times"])
+    assert m["steps"] == cell.steps and len(times) == 24
+    assert ((times == -1) | ((times > 0) & (times <= cell.steps))).all()
+    assert m["median"] == km_median(times)
+    assert m["recovered_fraction"] == (times >= 0).mean() > 0.5
+    assert m["q25"] <= m["median"] <= m["q75"]
+    assert len(m["abs_alpha_v_q50"]) == len(m["log_steps"])
+    assert m["final_abs_alpha_v"] > 0.9  # recovered runs align with v (calibration.md: |alpha| -> 0.99)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"direction": "w"}, "direction"), ({"d": 4}, "d must"), ({"budget": 0}, "budget"),
+    ({"engine": "jax"}, "engine"), ({"a_out": 0.0}, "a_out"), ({"seeds": 1}, "seeds"),
+])
+def test_recovery_config_errors_name_the_field(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        RecoveryConfig(**kw)
+
+
+def _tiny() -> ScalingConfig:
+    u = RecoveryConfig(**CANONICAL | {"t": 0.5}, direction="u", delta=0.5, p=1.0, budget=30.0, budget_power=1.0,
+                       seeds=12, engine="auto")
+    v = RecoveryConfig(**S1, seeds=24, budget=0.15)
+    parts = (Part("u", u, (24, 48), 1.0, True), Part("v_indep", v, (24, 32), 3.0, False, sde=True))
+    canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=2.0, budget_power=2.0, seeds=8,
+                               engine="auto")
+    phase = RecoveryConfig(**S1, d=24, budget=1.0, budget_power=2.8, seeds=8)
+    return ScalingConfig(parts, canonical, (24,), phase, (1.0, 0.1), n_boot=50)
+
+
+def test_run_scaling_reuses_finished_cells(tmp_path, monkeypatch):
+    config = _tiny()
+    first = run_scaling(config, tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == len(config.all_cells())
+    calls = []
+    real = scaling.run_recovery
+    monkeypatch.setattr(scaling, "run_recovery", lambda cell, progress=None: calls.append(cell) or real(cell))
+    again = run_scaling(config, tmp_path)
+    assert calls == []  # every cell came from the cache
+    assert json.dumps(again["parts"]) == json.dumps(first["parts"])
+    changed = replace(config, canonical=replace(config.canonical, seeds=9))
+    run_scaling(changed, tmp_path)
+    assert [c.seeds for c in calls] == [9]  # only the cell whose config changed ran again
+    fit = first["parts"]["v_indep"]
+    assert len(fit["sde_median"]) == 2 and all(r > 0 for r in fit["median_over_sde"])
+    assert set(first["acceptance"]) >= {"kappa_u", "kappa_v_indep", "canonical_u_learned_v_not", "all_pass"}
+
+
+def test_acceptance_reads_the_fits():
+    def part(kappa, lo, hi):
+        return {"fit": {"kappa": kappa, "interval": [lo, hi], "dims": [32, 64], "medians": [1.0, 2.0]}}
+
+    parts = {"u": part(1.2, 1.1, 1.3), "v_sign": part(1.5, 1.4, 1.6), "v_indep": part(2.9, 2.8, 3.0),
+             "v_indep_reduced": part(2.9, 2.8, 3.0)}
+    parts["v_indep_reduced"]["fit"]["medians"] = [1.0, 2.5]
+    checks = scaling.acceptance(parts, {"u_learned_v_not": True})
+    assert checks["kappa_u"]["pass"] and not checks["kappa_v_sign"]["pass"]
+    assert checks["full_vs_reduced_medians"]["ratios"] == [1.0, 0.8] and not checks["full_vs_reduced_medians"]["pass"]
+    assert not checks["all_pass"]
