@@ -105,6 +105,51 @@ def oracle_mse(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json):
     click.echo(_table(["dir", "bayes", "linear (Wiener)", "gain"], rows))
 
 
+@cli.command()
+@_model_options
+@click.option("--activation", default="tanh", show_default=True, help=f"one of {', '.join(ACTIVATIONS)}")
+@click.option("--a-out", type=float, default=1.0, show_default=True, help="fixed output scale a_t (nonzero)")
+@click.option("--skip", type=float, default=None, help="skip coefficient c_t [default: e^-t]")
+@click.option("--direction", default="v", show_default=True, help="u or v (the escape SDE needs order k >= 3)")
+@click.option("--zeta", type=float, default=None, help="escape parameter zeta = k|c_k|/(eps G^2) [default: 0.3]")
+@click.option("--eps", type=float, default=None, help="step constant eps of eta = eps/d^(k/2) (instead of --zeta)")
+@click.option("--dims", default="32,64,128,256,512,1024", show_default=True,
+              help="comma-separated dimensions d (>= 8) for the predicted step and median")
+@click.option("--k-max", type=int, default=8, show_default=True, help="highest Hermite order considered")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="weak-recovery threshold |alpha|")
+def calibrate(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json, activation, a_out, skip, direction,
+              zeta, eps, dims, k_max, threshold):
+    """Step size eta = eps/d^(k/2) and predicted median samples n_med ~ d^(k-1) for online SGD."""
+    from easyhard._validate import check_int_at_least
+    from easyhard.theory import SingleNeuron
+    from easyhard.theory import calibrate as calibrate_step
+
+    model = _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t)
+    neuron = SingleNeuron(make_activation(activation, model.law, beta_v, t), t, skip, a_out)
+    if zeta is not None and eps is not None:
+        raise ConfigError("--zeta and --eps are mutually exclusive (zeta = k |c_k| / (eps G^2))")
+    dims = [check_int_at_least("--dims", d, 8) for d in _parse_dims(dims)]
+    result = calibrate_step(model, neuron, direction, zeta, eps, k_max, threshold)
+    rows = [result.at_dimension(d) for d in dims]
+    warnings = list(result.warnings) + [r["warning"] for r in rows if r["warning"]]
+    if as_json:
+        click.echo(json.dumps({"model": model.to_dict() | {"d": None}, "neuron": neuron.to_dict(),
+                               "calibration": result.to_dict(), "dims": rows}))
+        return
+    k = result.k
+    click.echo(f"direction {direction}: k = {k}, c_{k} = {result.c_k:+.4g} "
+               f"({'attractive' if result.attractive else 'repelled'}), G^2 = {result.G2:.4g}, "
+               f"R = G^2/c_{k}^2 = {result.R:.4g}")
+    click.echo(f"zeta = {result.zeta:.4g}, eps = {result.eps:.4g}: {result.step_formula}")
+    click.echo(f"T*(zeta) = {_num(result.t_star)}, n_med/d^{k - 1} = {_num(result.n_med_coefficient)}; "
+               f"barrier s_c = {result.barrier:.3g}, threshold {result.threshold:g} needs d >= {result.min_dimension}")
+    click.echo(_table(["d", "step eta", "n_med", f"n_med/d^{k - 1}"],
+                      [[r["d"], f"{r['step']:.4g}", _num(r["n_med"], ".4g"),
+                        _num(None if r["n_med"] is None else r["n_med"] / r["d"] ** (k - 1))] for r in rows]))
+    for warning in warnings:
+        click.echo(f"warning: {warning}")
+
+
 def _staircase_options(func):
     """Overrides of the staircase profile."""
     options = [

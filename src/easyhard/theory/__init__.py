@@ -1,5 +1,13 @@
 """Population losses of simple denoisers, their Hermite expansion and the diffusion information exponent."""
 
+from easyhard.theory.calibration import (
+    Calibration,
+    calibrate,
+    escape_barrier,
+    escape_median,
+    gradient_noise,
+    leading_coefficient,
+)
 from easyhard.theory.exponent import (
     DirectionExponent,
     diffusion_exponents,
@@ -17,7 +25,8 @@ from easyhard.theory.hermite import (
 from easyhard.theory.loss import SingleNeuron, circle_minimiser, constant_term, overlap_loss
 
 __all__ = [
-    "DirectionExponent", "SingleNeuron", "circle_minimiser", "constant_term", "diffusion_exponents", "hermite_coefficients",
-    "hermite_he", "hermite_moment_polynomial", "joint_moments", "log_log_slope", "loss_polynomial", "loss_slope",
-    "overlap_loss", "sample_complexity",
+    "Calibration", "DirectionExponent", "SingleNeuron", "calibrate", "circle_minimiser", "constant_term",
+    "diffusion_exponents", "escape_barrier", "escape_median", "gradient_noise", "hermite_coefficients", "hermite_he",
+    "hermite_moment_polynomial", "joint_moments", "leading_coefficient", "log_log_slope", "loss_polynomial",
+    "loss_slope", "overlap_loss", "sample_complexity",
 ]
