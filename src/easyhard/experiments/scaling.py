@@ -228,10 +228,23 @@ def _parts(dims_fast, dims_indep, seeds_fast, seeds_indep, indep_engine, budget_
             Part("v_indep", v_indep, dims_indep, 3.0, False, sde=True))
 
 
+#: ``quick``: CPU, a few minutes on 2 cores; ``full``: one GPU (full engine to d = 512, reduced to 1024);
+#: ``smoke``: seconds, every code path at toy sizes (tests, checking an installation)
+PROFILES = ("quick", "full", "smoke")
+
+
 def profile(name: str, device: str = "cpu") -> ScalingConfig:
-    """``quick``: CPU, a few minutes on 2 cores; ``full``: one GPU (full engine to d = 512, reduced to 1024)."""
-    check_choice("profile", name, ("quick", "full"))
+    """The named :class:`ScalingConfig` (see ``PROFILES``)."""
+    check_choice("profile", name, PROFILES)
     zetas = (3.0, 1.0, 0.3, 0.1, 0.05, 0.03)
+    if name == "smoke":  # seconds: every code path, sizes far too small for the acceptance ranges
+        u, v_sign, v_indep = _parts((24, 48), (24, 32), 12, 24, "reduced", 6.0, "cpu", "float32")
+        parts = (replace(u, cell=replace(u.cell, budget=30.0)), replace(v_sign, cell=replace(v_sign.cell, budget=60.0)),
+                 v_indep)
+        canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=2.0, budget_power=2.0,
+                                   seeds=8, engine="auto")
+        phase = RecoveryConfig(**S1, d=24, budget=1.0, budget_power=2.8, seeds=8)
+        return ScalingConfig(parts, canonical, (24,), phase, (1.0, 0.1), n_boot=50)
     if name == "quick":
         parts = _parts((64, 128, 256, 512), (32, 64, 128, 256), 64, 192, "reduced", 6.0, "cpu", "float32")
         canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=100.0, budget_power=2.0,
