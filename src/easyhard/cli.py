@@ -220,6 +220,9 @@ def _run_scaling(profile, out_dir, device):
     from easyhard.experiments.scaling import run_scaling
 
     device = device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")
+    if profile == "full" and device == "cpu":
+        click.echo("easyhard: warning: reproduce scaling --full is sized for one GPU; on CPU the full-engine "
+                   "cells take hours", err=True)
     config = scaling_profile(profile, device)
     with click.progressbar(length=len(config.all_cells()), label="scaling laws", file=sys.stderr,
                            item_show_func=lambda label: label) as bar:

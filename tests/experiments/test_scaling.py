@@ -76,3 +76,18 @@ def test_acceptance_reads_the_fits():
     assert checks["kappa_u"]["pass"] and not checks["kappa_v_sign"]["pass"]
     assert checks["full_vs_reduced_medians"]["ratios"] == [1.0, 0.8] and not checks["full_vs_reduced_medians"]["pass"]
     assert not checks["all_pass"]
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_profiles_cover_the_issue_settings(name):
+    config = scaling.profile(name)
+    parts = {p.name: p for p in config.parts}
+    indep = parts["v_indep_reduced" if name == "full" else "v_indep"]
+    assert indep.cell.engine == "reduced" and indep.dims[0] == 32 and indep.dims[-1] >= (1024 if name == "full" else 256)
+    assert indep.cell.delta == pytest.approx(12.53, rel=2e-3) and indep.cell.p == 2.0  # calibrated, zeta = 0.3
+    assert parts["v_sign"].cell.coupling == "sign" and parts["u"].cell.direction == "u"
+    if name == "full":
+        assert parts["v_indep"].dims == (64, 128, 256, 512) and parts["v_indep"].cell.engine != "reduced"
+        assert parts["v_indep"].cell.seeds == 256
+    assert config.canonical.steps == 100 * config.canonical.d**2  # 100 d^2 steps
+    assert len(config.all_cells()) == len({label for label, _ in config.all_cells()})  # cache keys are unique

@@ -252,7 +252,7 @@ def profile(name: str, device: str = "cpu") -> ScalingConfig:
         phase = RecoveryConfig(**S1, d=64, budget=1.0, budget_power=3.3, seeds=32)
         return ScalingConfig(parts, canonical, (64, 128), phase, zetas)
     fast = _parts((64, 128, 256, 512, 1024), (64, 128, 256, 512), 256, 256, "auto", 4.0, device, "float32")
-    reduced = _parts((), (32, 64, 128, 256, 512, 1024), 256, 512, "reduced", 5.0, "cpu", "float32")[2]
+    reduced = _parts((), (32, 64, 128, 256, 512, 1024), 256, 256, "reduced", 5.0, "cpu", "float32")[2]
     parts = fast + (replace(reduced, name="v_indep_reduced"),)
     canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=100.0, budget_power=2.0,
                                seeds=64, engine="auto", device=device)
