@@ -17,6 +17,13 @@ _TITLES = {"u": "u (covariance spike), eta ~ 1/d", "v_sign": "v, sign-coupled la
            "v_indep": "v, independent latents (S1), eta = eps/d^2", "v_indep_reduced": "v, independent (S1), reduced"}
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _law(d: np.ndarray, kappa: float, log_factor: bool) -> np.ndarray:
     return d**kappa * (np.log(d) if log_factor else 1.0)
 
@@ -46,10 +53,7 @@ def plot_scaling(parts: dict, path: Path) -> Path:
         ax.set_title(_TITLES.get(name, name), fontsize=8)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("recovery steps tau (censored median)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_collapse(parts: dict, path: Path) -> Path:
@@ -73,10 +77,7 @@ def plot_collapse(parts: dict, path: Path) -> Path:
         ax.set_title(_TITLES.get(name, name), fontsize=8)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("|alpha| (median, interquartile band)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_phase(phase: dict, path: Path) -> Path:
@@ -105,10 +106,7 @@ def plot_phase(phase: dict, path: Path) -> Path:
     ax.set_xlabel(f"log n / log d   (d = {phase['d']})")
     ax.set_ylabel("step constant eps (eta = eps / d^2)")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _fmt(x, spec=".3g") -> str:
