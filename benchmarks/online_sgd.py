@@ -35,7 +35,10 @@ cost of the fused kernel against NumPy's per-call overhead (which dominates at d
 adds the parallelism over members (numba threads on CPU). On CUDA the torch engine runs one step of
 all E members per kernel sequence, so the ratio grows with E until the GPU is busy; for those rows
 ``traffic_fraction`` = rate * 12 d bytes / measured copy bandwidth says how close one member-step is
-to the memory-traffic limit (12 d bytes ~ read and write w and write x in float32).
+to the memory-traffic limit (12 d bytes ~ read and write w and write x in float32), and ``us_per_step``
+= 1e6 E / rate is the wall time of one step of the whole ensemble (issue 5's targets: <= 40 us per step
+for E d <= 1e6, >= 50% of the traffic limit at E d = 1e7). The torch engine captures blocks of steps
+in CUDA graphs on CUDA.
 
 Timings need an otherwise idle machine: numba's parallel regions (one per log record) wait for every
 worker thread, so a single busy core from another process can slow the engine down many times over
@@ -73,7 +76,7 @@ CPU_DIMS = (128, 1024)
 CPU_ENSEMBLES = (1, 64)
 REDUCED_E = 64
 CUDA_DIMS = (1000, 1024)
-CUDA_ENSEMBLES = (64, 1024, 4096)
+CUDA_ENSEMBLES = (64, 1000, 10_000)  # E d from 6.4e4 (latency-bound) to 1e7 (bandwidth-bound)
 CUDA_DEVICE = "cuda"
 SANITY_D = 128
 SANITY_STEPS_PER_D = 40
@@ -350,7 +353,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
                     continue
                 row.update({"engine": eng["engine"], "reference": refs[d]["reference"],
                             "ratio": eng["engine"] / refs[d]["reference"],
-                            "traffic_fraction": eng["engine"] * 12 * d / bandwidth, **eng,
+                            "traffic_fraction": eng["engine"] * 12 * d / bandwidth,
+                            "us_per_step": 1e6 * E / eng["engine"], **eng,
                             **{k: v for k, v in refs[d].items() if k != "reference"}})
                 rows.append(row)
                 log(f"engine torch/cuda d={d} E={E}: {eng['engine']:.4g} member-steps/s")
@@ -367,7 +371,7 @@ def format_table(rows: Sequence[Row]) -> str:
             f"{'steps':>9}")
     cuda = any(r["engine_name"] == "torch" for r in rows)
     if cuda:
-        head += f" {'traffic':>8}"
+        head += f" {'traffic':>8} {'us/step':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         line = (f"{r['device'].split()[0]:<6} {r['engine_name']:<8} {r['d']:>5} {r['E']:>5} {num(r['engine'], '12.4g')} "
@@ -375,6 +379,7 @@ def format_table(rows: Sequence[Row]) -> str:
         if cuda:
             frac = r.get("traffic_fraction")
             line += f" {'-' if frac is None else f'{100 * frac:.3g}%':>8}"
+            line += f" {num(r.get('us_per_step'), '8.1f')}"
         if r.get("error"):
             line += f"  {r['error']}"
         lines.append(line)
