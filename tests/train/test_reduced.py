@@ -123,7 +123,7 @@ def _recovery_times(engine: str, d: int, runs: int, seed0: int) -> np.ndarray:
     cfg = OnlineSGDConfig(steps=steps, delta=12.53, p=2, t=0.1, engine=engine, dtype="float64", thresholds=(0.5,),
                           n_logs=20)
     rec = run_online_sgd(net, data, cfg, range(seed0, seed0 + runs)).recoveries(0.5)[:, 0, 1]
-    return np.where(rec >= 0, rec, 10 * steps).astype(float)  # censored runs share one value above the budget
+    return np.where(rec >= 0, rec, np.inf)  # censored runs: +inf, above every recovery time
 
 
 @pytest.mark.slow
@@ -132,5 +132,5 @@ def test_reduced_simulation_matches_full_engine_in_law(d):
     """Issue 5, item 2: recovery times of the reduced chain and of the d-dimensional engine agree (KS)."""
     full = _recovery_times("numba", d, 400, 0)
     reduced = _recovery_times("reduced", d, 400, 10_000)
-    assert (full < 10 * 6 * 0.0205 * d**3).mean() > 0.8  # most runs recover: the test compares real times
+    assert np.isfinite(full).mean() > 0.8 and np.isfinite(reduced).mean() > 0.8  # the test compares real times
     assert stats.ks_2samp(full, reduced).pvalue > 0.01
