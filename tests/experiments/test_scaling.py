@@ -53,7 +53,7 @@ def test_run_scaling_reuses_finished_cells(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.json"))) == len(config.all_cells())
     calls = []
     real = scaling.run_recovery
-    monkeypatch.setattr(scaling, "run_recovery", lambda cell, progress=None: calls.append(cell) or real(cell))
+    monkeypatch.setattr(scaling, "run_recovery", lambda cell, *args: calls.append(cell) or real(cell, *args))
     again = run_scaling(config, tmp_path)
     assert calls == []  # every cell came from the cache
     assert json.dumps(again["parts"]) == json.dumps(first["parts"])
@@ -91,3 +91,32 @@ def test_profiles_cover_the_issue_settings(name):
         assert parts["v_indep"].cell.seeds == 256
     assert config.canonical.steps == 100 * config.canonical.d**2  # 100 d^2 steps
     assert len(config.all_cells()) == len({label for label, _ in config.all_cells()})  # cache keys are unique
+
+
+def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A cell killed mid-way leaves a checkpoint; the rerun resumes from it and gives the uninterrupted numbers."""
+    cell = RecoveryConfig(**S1, d=32, seeds=6, budget=0.15)
+    whole = run_recovery(cell)
+
+    class Kill(Exception):
+        pass
+
+    real = scaling.run_online_sgd
+
+    def interrupted(*args, **kw):
+        kw["checkpoint_every"] = 0
+
+        def progress(k, done=[0]):  # noqa: B006 (a counter shared by the calls of one run)
+            done[0] += k
+            if done[0] > 3000:
+                raise Kill
+
+        return real(*args[:4], progress, args[5], **kw)
+
+    monkeypatch.setattr(scaling, "run_online_sgd", interrupted)
+    with pytest.raises(Kill):
+        scaling._run_cell("cell", cell, tmp_path, None)
+    assert len(list(tmp_path.glob("cell-*.ckpt"))) == 1
+    monkeypatch.setattr(scaling, "run_online_sgd", real)
+    resumed = scaling._run_cell("cell", cell, tmp_path, None)
+    assert resumed == whole and not list(tmp_path.glob("*.ckpt"))

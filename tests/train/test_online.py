@@ -268,3 +268,54 @@ def test_kernel_tanh_is_accurate():
     np.testing.assert_allclose(s, np.tanh(x), rtol=0, atol=4e-16)
     np.testing.assert_allclose(ds, 1 - np.tanh(x) ** 2, rtol=0, atol=1e-15)
     assert (np.sign(s) == np.sign(x)).all() and np.abs(s).max() <= 1.0
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupting(after: int):
+    """A progress callback that raises once ``after`` steps are done (a kill at that point)."""
+    done = [0]
+
+    def progress(k):
+        done[0] += k
+        if done[0] >= after:
+            raise _Interrupt
+
+    return progress
+
+
+@pytest.mark.parametrize("engine,mode", [("numba", "online"), ("numba", "finite"), ("torch", "random-t-eps"),
+                                         ("reduced", "online")])
+def test_interrupted_run_resumes_to_the_same_numbers(sign_model, engine, mode, tmp_path):
+    """A run killed mid-way and restarted from its checkpoint ends with the uninterrupted run's numbers."""
+    net = NETS["single"] if engine == "reduced" else NETS["untied-K3"]
+    data = MixedCumulantModel.create(d=D, beta_u=5.0, beta_v=5.0, beta_m=0.5) if engine == "reduced" else sign_model
+    kw = {"steps": 7000, **MODES[mode], **({"engine": engine} if engine == "reduced" else {})}
+    cfg = OnlineSGDConfig(dtype="float64", n_logs=12, **({"engine": engine} | kw))
+    whole = run_online_sgd(net, data, cfg, [3, 4])
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(_Interrupt):
+        run_online_sgd(net, data, cfg, [3, 4], progress=_interrupting(4500), checkpoint=ckpt, checkpoint_every=0)
+    assert ckpt.exists()
+    resumed = run_online_sgd(net, data, cfg, [3, 4], checkpoint=ckpt)
+    assert not ckpt.exists()  # removed once the run is complete
+    np.testing.assert_array_equal(whole.overlaps, resumed.overlaps)
+    np.testing.assert_array_equal(whole.loss, resumed.loss)
+    np.testing.assert_array_equal(whole.recovered, resumed.recovered)
+    if whole.training_counts is not None:
+        np.testing.assert_array_equal(whole.training_counts, resumed.training_counts)
+
+
+def test_checkpoint_of_another_run_or_corrupt_file_is_refused(sign_model, tmp_path):
+    cfg = OnlineSGDConfig(steps=5000, dtype="float64", n_logs=12)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(_Interrupt):
+        run_online_sgd(NETS["single"], sign_model, cfg, [1], progress=_interrupting(3000), checkpoint=ckpt,
+                       checkpoint_every=0)
+    with pytest.raises(ConfigError, match="different run"):
+        run_online_sgd(NETS["single"], sign_model, cfg, [2], checkpoint=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="cannot be read"):
+        run_online_sgd(NETS["single"], sign_model, cfg, [1], checkpoint=ckpt)

@@ -19,9 +19,12 @@ interval:
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -118,11 +121,13 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def run_recovery(config: RecoveryConfig, progress: Callable[[int], None] | None = None) -> dict:
+def run_recovery(config: RecoveryConfig, progress: Callable[[int], None] | None = None,
+                 checkpoint: str | Path | None = None) -> dict:
     """Run one cell; returns recovery times (-1: censored), their Kaplan-Meier median and quartiles,
-    and the quartiles over runs of |alpha_u|, |alpha_v| at the logged steps."""
+    and the quartiles over runs of |alpha_u|, |alpha_v| at the logged steps. With ``checkpoint`` an
+    interrupted cell resumes where it stopped (:func:`easyhard.train.run_online_sgd`)."""
     seeds = range(config.base_seed, config.base_seed + config.seeds)
-    res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, progress)
+    res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, progress, checkpoint)
     times = res.recoveries(config.threshold)[:, 0, _SPIKE[config.direction]]
     abs_al = np.abs(res.overlaps[:, :, 0, :2])  # (L, E, 2): u, v
     curves = {f"abs_alpha_{name}_q{q}": np.percentile(abs_al[..., i], q, axis=1).tolist()
@@ -264,16 +269,20 @@ def _run_cell(label: str, cell: RecoveryConfig, cache_dir, progress) -> dict:
     """Metrics of one cell, read back from ``cache_dir`` when a finished cell with the same config is there."""
     from easyhard.runs import atomic_write_json
 
-    path = None
+    path = checkpoint = None
     if cache_dir is not None:
         path = cache_dir / (label.replace(" ", "_").replace("=", "") + ".json")
         if path.exists():
-            import json
-
             saved = json.loads(path.read_text())
             if saved.get("config") == asdict(cell):
                 return saved["metrics"]
-    metrics = run_recovery(cell, progress)
+        # an interrupted cell resumes from its checkpoint, named by the config (a changed cell starts afresh)
+        key = hashlib.sha256(json.dumps(asdict(cell), sort_keys=True).encode()).hexdigest()[:12]
+        checkpoint = path.with_name(f"{path.stem}-{key}.ckpt")
+        for stale in path.parent.glob(f"{path.stem}-*.ckpt"):
+            if stale != checkpoint:
+                stale.unlink()
+    metrics = run_recovery(cell, progress, checkpoint)
     if path is not None:
         atomic_write_json(path, {"config": asdict(cell), "metrics": metrics})
     return metrics

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from easyhard._validate import ConfigError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -59,3 +61,28 @@ def environment_info() -> dict:
             packages[name] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": packages, "device": device}
+
+
+def save_tensors(path: str | Path, tensors: dict, meta: dict) -> Path:
+    """Atomically write a dict of tensors (and lists of tensors) with JSON-able ``meta`` (torch format).
+
+    Read it back with :func:`load_tensors`, which never unpickles arbitrary objects.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"meta": json.dumps(meta, sort_keys=True), "tensors": tensors}, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_tensors(path: str | Path) -> tuple[dict, dict]:
+    """(tensors, meta) from :func:`save_tensors`, loaded with ``torch.load(weights_only=True)``.
+
+    A file that cannot be read this way raises ConfigError naming the path (never a silent restart).
+    """
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return blob["tensors"], json.loads(blob["meta"])
+    except Exception as err:  # truncated, corrupted or foreign file
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); delete it to start over") from None

@@ -22,9 +22,12 @@ previous record; the first step at which |alpha| reaches each threshold is track
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -240,6 +243,18 @@ class _MemberDraws:
         self.perms: list[torch.Tensor] = []
         self.pos = 0
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """Generator states and the current pass order (for checkpoints)."""
+        out = {f"draws.gen.{e}": g.get_state() for e, g in enumerate(self.gens)}
+        out |= {f"draws.perm.{e}": p.clone() for e, p in enumerate(self.perms)}
+        return out | {"draws.pos": torch.tensor(self.pos)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for e, g in enumerate(self.gens):
+            g.set_state(tensors[f"draws.gen.{e}"])
+        self.perms = [tensors[f"draws.perm.{e}"] for e in range(len(self.gens)) if f"draws.perm.{e}" in tensors]
+        self.pos = int(tensors["draws.pos"])
+
     def chunk(self, models, length: int, config: OnlineSGDConfig, skip: Callable) -> dict[str, np.ndarray]:
         """Draws for ``length`` steps: lam, nu (E,C); idx (E,C) in finite mode; tco (E,C,4) = (a, s, c, weight)."""
         E = len(self.gens)
@@ -310,11 +325,17 @@ def _check_inputs(model: Committee, data, seeds) -> list[MixedCumulantModel]:
 
 def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCumulantModel],
                    config: OnlineSGDConfig, seeds: Sequence[int],
-                   progress: Callable[[int], None] | None = None) -> OnlineSGDResult:
+                   progress: Callable[[int], None] | None = None, checkpoint: str | Path | None = None,
+                   checkpoint_every: float = 60.0) -> OnlineSGDResult:
     """Run ``len(seeds)`` independent online-SGD runs of ``model`` on ``data`` (section 8.1).
 
     ``progress(k)`` is called with the number of steps just completed (for a progress bar).
     Raises :class:`DivergenceError` when weights or loss stop being finite (checked at every record).
+
+    ``checkpoint``: a file that holds the whole state (weights, random streams, generators, records) at
+    a chunk boundary, written atomically at most every ``checkpoint_every`` seconds. If it exists when
+    the call starts, the run resumes from it and ends with the numbers of an uninterrupted run; it must
+    come from the same model, data, config and seeds (else ConfigError). It is deleted at the end.
     """
     models = _check_inputs(model, data, seeds)
     engine = _resolve_engine(model, config)
@@ -338,8 +359,17 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
     loss = np.empty((len(steps_log) - 1, E))
     overlaps[0] = runner.overlaps()
     counts = np.zeros((E, config.n_samples), np.int64) if config.n_samples is not None else None
-    rec = 1
-    for start in range(0, config.steps, CHUNK):
+    rec, first = 1, 0
+    meta = {"version": 1, "model": model.to_dict(), "data": [m.to_dict() for m in models], "config": config.to_dict(),
+            "seeds": [int(s) for s in seeds], "engine": engine}
+    records = {"overlaps": overlaps, "loss": loss, **({"counts": counts} if counts is not None else {})}
+    if checkpoint is not None and Path(checkpoint).exists():
+        first, rec = _restore(checkpoint, meta, runner, draws, records)
+    saved_at = time.monotonic()
+    for start in range(first, config.steps, CHUNK):
+        if checkpoint is not None and start > first and time.monotonic() - saved_at >= checkpoint_every:
+            _save(checkpoint, meta, runner, draws, records, start, rec)
+            saved_at = time.monotonic()
         length = min(CHUNK, config.steps - start)
         chunk = draws.chunk(models, length, config, model.skip_coefficient)
         if counts is not None:
@@ -358,8 +388,55 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
                 _check_finite(overlaps[rec], loss[rec - 1], int(steps_log[rec]))
                 rec += 1
     first_hit, recovered = runner.recovery()
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     return OnlineSGDResult(steps_log, overlaps, loss, first_hit, recovered, tuple(config.thresholds), etas,
                            tuple(int(s) for s in seeds), engine, runner.params(), counts)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    """A numpy array (uint64 reinterpreted as int64), tensor or generator (its state) as a CPU tensor."""
+    if isinstance(x, torch.Generator):
+        return x.get_state()
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x.view(np.int64) if x.dtype == np.uint64 else x).clone()
+    return x.detach().cpu().clone()
+
+
+def _assign(live, saved: torch.Tensor) -> None:
+    """Copy a saved tensor into a live array, tensor or generator in place (keeps addresses for CUDA graphs)."""
+    if isinstance(live, torch.Generator):
+        live.set_state(saved)
+    elif isinstance(live, np.ndarray):
+        live[...] = saved.numpy().view(live.dtype) if live.dtype == np.uint64 else saved.numpy()
+    else:
+        live.copy_(saved)
+
+
+def _save(path, meta, runner, draws, records, start, rec) -> None:
+    from easyhard.runs.io import save_tensors
+
+    tensors = {f"runner.{k}": _as_tensor(v) for k, v in runner.live_state().items()}
+    tensors |= {f"records.{k}": _as_tensor(v) for k, v in records.items()}
+    tensors |= draws.state()
+    save_tensors(path, tensors, meta | {"start": start, "rec": rec})
+
+
+def _restore(path, meta, runner, draws, records) -> tuple[int, int]:
+    """Load a checkpoint into the live state; returns (chunk start, next record index)."""
+    from easyhard.runs.io import load_tensors
+
+    tensors, saved = load_tensors(path)
+    position = {k: saved.pop(k, None) for k in ("start", "rec")}
+    if json.dumps(saved, sort_keys=True) != json.dumps(json.loads(json.dumps(meta)), sort_keys=True):
+        raise ConfigError(f"checkpoint {path} belongs to a different run (model, data, config, seeds or engine "
+                          "differ); delete it or use another path")
+    for k, v in runner.live_state().items():
+        _assign(v, tensors[f"runner.{k}"])
+    for k, v in records.items():
+        _assign(v, tensors[f"records.{k}"])
+    draws.load_state(tensors)
+    return int(position["start"]), int(position["rec"])
 
 
 def _check_finite(overlaps: np.ndarray, loss: np.ndarray, step: int) -> None:
@@ -427,6 +504,10 @@ class _NumbaRunner:
 
     def recovery(self):
         return self.tracks[0].copy(), self.tracks[2].copy()
+
+    def live_state(self) -> dict[str, np.ndarray]:
+        return {"W": self.W, "O": self.O, "states": self.states, "loss_acc": self.loss_acc,
+                **{f"track{i}": t for i, t in enumerate(self.tracks)}}
 
     def params(self):
         return {k: v.clone() for k, v in self._views().items()}
@@ -597,6 +678,14 @@ class _TorchRunner:
     def recovery(self):
         return self.hits.cpu().numpy(), self.rec.cpu().numpy()
 
+    def live_state(self) -> dict:
+        out = {f"p.{k}": v for k, v in self.p.items()}
+        out |= {"states": self.states, "loss_acc": self.loss_acc, "hits": self.hits, "pending": self.pending,
+                "rec": self.rec}
+        if self.cuda_gen is not None:
+            out["cuda_gen"] = self.cuda_gen
+        return out
+
     def params(self):
         return {k: v.cpu() for k, v in self.p.items()}
 
@@ -643,6 +732,10 @@ class _ReducedRunner:
 
     def recovery(self):
         return self.tracks[0][:, None].copy(), self.tracks[2][:, None].copy()
+
+    def live_state(self) -> dict[str, np.ndarray]:
+        return {"alpha": self.alpha, "states": self.states, "loss_acc": self.loss_acc,
+                **{f"track{i}": t for i, t in enumerate(self.tracks)}}
 
     def params(self):
         return {"alpha": torch.from_numpy(self.overlaps())}
