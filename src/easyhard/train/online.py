@@ -11,13 +11,18 @@ Two engines run the same maths on the same random numbers:
 - ``numba`` (CPU): a fused, parallel kernel (:mod:`easyhard.train._kernel`) that draws the Gaussians
   of member e from its own xoshiro256** stream, so an ensemble run equals E separate runs bit for bit;
 - ``torch`` (CPU or CUDA): :class:`easyhard.models.Committee` gradients on a leading member axis. On
-  CPU it reads the same member streams as the kernel (for cross-checks); on CUDA it draws a block of
-  noise at once from one device generator and never synchronises with the host inside a block.
+  CPU it reads the same member streams as the kernel (for cross-checks); on CUDA it replays blocks of
+  steps captured in a CUDA graph, with noise drawn per block from one device generator, and never
+  synchronises with the host inside a block.
+
+A third engine, ``reduced`` (:mod:`easyhard.train._reduced`), simulates the overlaps of the tied single
+neuron exactly in law, at a cost per step that does not depend on d.
 
 Latents (lambda, nu), random times and training-set orders come from a per-member torch generator
 in chunks of fixed length, so they too do not depend on E. Observables go into preallocated buffers
 at log-spaced steps: the overlaps of every neuron with u, v, m and the mean sample loss since the
-previous record; the first step at which |alpha| reaches each threshold is tracked every step.
+previous record; the first passage and the persistent recovery of each threshold are tracked every
+step. A checkpoint file, written at chunk boundaries, lets an interrupted run resume exactly.
 """
 
 from __future__ import annotations
