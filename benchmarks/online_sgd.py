@@ -21,7 +21,9 @@ sample per step and a spherical step:
 * ``reduced`` rows: the exact reduced simulator (``engine="reduced"``, the overlaps as a Markov chain,
   d-independent cost per step) against the full numba kernel at the same (d, E): the ``reference``
   column of these rows is the full engine's rate, and the ratio is the speed-up of simulating the
-  chain instead of the d-dimensional weights (they agree in law: tests/train/test_reduced.py).
+  chain instead of the d-dimensional weights (they agree in law: tests/train/test_reduced.py). With CUDA,
+  the torch implementation of the reduced simulator runs large ensembles on the GPU (reference: the
+  CPU rate at the same d).
 
 Rates are "member-steps/s": SGD steps of one member per second. Every timing is the best of
 ``--repeats`` (default 3) runs, and step counts are calibrated from a pilot run so that one timing
@@ -75,6 +77,7 @@ DELTA = 0.5
 CPU_DIMS = (128, 1024)
 CPU_ENSEMBLES = (1, 64)
 REDUCED_E = 64
+CUDA_REDUCED_ENSEMBLES = (4096, 65536)
 CUDA_DIMS = (1000, 1024)
 CUDA_ENSEMBLES = (64, 1000, 10_000)  # E d from 6.4e4 (latency-bound) to 1e7 (bandwidth-bound)
 CUDA_DEVICE = "cuda"
@@ -359,6 +362,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[Row]
                 rows.append(row)
                 log(f"engine torch/cuda d={d} E={E}: {eng['engine']:.4g} member-steps/s")
                 torch.cuda.empty_cache()
+        for E in CUDA_REDUCED_ENSEMBLES:  # the reduced simulator on the GPU (torch, all members at once)
+            d = CPU_DIMS[-1]
+            red = time_engine(d, E, args, "reduced", CUDA_DEVICE, max_steps=1_000_000)
+            cpu_red = next(r for r in rows if r["engine_name"] == "reduced" and r["d"] == d)
+            rows.append({"d": d, "E": E, "device": f"cuda ({gpu})", "engine_name": "reduced", **env,
+                         "engine": red["engine"], "reference": cpu_red["engine"],
+                         "ratio": red["engine"] / cpu_red["engine"], "reference_name": "reduced (CPU numba)",
+                         "us_per_step": 1e6 * E / red["engine"], **red})
+            log(f"engine reduced/cuda d={d} E={E}: {red['engine']:.4g} member-steps/s")
     return rows, sanity
 
 

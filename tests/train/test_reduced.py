@@ -14,7 +14,7 @@ from easyhard._validate import ConfigError
 from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel, make_latent_law
 from easyhard.models import Committee, spherical_step
-from easyhard.train import OnlineSGDConfig, run_online_sgd
+from easyhard.train import OnlineSGDConfig, online, run_online_sgd
 from easyhard.train._kernel import ACTIVATION_CODES, track_recovery
 from easyhard.train._reduced import _chi2, reduced_step
 from easyhard.train._rng import seed_states
@@ -134,3 +134,34 @@ def test_reduced_simulation_matches_full_engine_in_law(d):
     reduced = _recovery_times("reduced", d, 400, 10_000)
     assert np.isfinite(full).mean() > 0.8 and np.isfinite(reduced).mean() > 0.8  # the test compares real times
     assert stats.ks_2samp(full, reduced).pvalue > 0.01
+
+
+def test_torch_reduced_equals_numba_reduced(monkeypatch):
+    """The torch implementation (used on CUDA) consumes the kernel's member streams on CPU: same numbers."""
+    net, data = _s1(48)
+    cfg = OnlineSGDConfig(steps=2500, delta=12.53, p=2, t=0.1, engine="reduced", dtype="float64", n_logs=15)
+    kernel = run_online_sgd(net, data, cfg, [5, 6, 7])
+    monkeypatch.setitem(online.REDUCED_RUNNERS, "cpu", online._TorchReducedRunner)
+    torch_run = run_online_sgd(net, data, cfg, [5, 6, 7])
+    np.testing.assert_allclose(torch_run.overlaps, kernel.overlaps, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(torch_run.loss, kernel.loss, rtol=1e-11)
+    np.testing.assert_array_equal(torch_run.recovered, kernel.recovered)
+    assert np.abs(kernel.overlaps[-1] - kernel.overlaps[0]).max() > 1e-2
+
+
+class _DeviceGeneratorRunner(online._TorchReducedRunner):
+    """The CUDA draw path (one generator, torch normals and gamma draws), run on CPU."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.gen = torch.Generator().manual_seed(int(args[6][0, 0] >> np.uint64(1)))
+
+
+@pytest.mark.slow
+def test_device_generator_draws_give_the_same_law(monkeypatch):
+    """Recovery times with the device-generator draws (normals + torch's gamma sampler) match the kernel's (KS)."""
+    numba_times = _recovery_times("reduced", 32, 400, 0)
+    monkeypatch.setitem(online.REDUCED_RUNNERS, "cpu", _DeviceGeneratorRunner)
+    torch_times = _recovery_times("reduced", 32, 400, 20_000)
+    assert np.isfinite(torch_times).mean() > 0.8
+    assert stats.ks_2samp(numba_times, torch_times).pvalue > 0.01

@@ -115,3 +115,55 @@ def run_reduced(alpha, states, coef, lam, nu, i0, i1, step0, a, s, c, wt, act, a
             n = step0 + i + 1
             for p in range(3):
                 track_recovery(abs(al[p]), n, thr, persist, first_hit[e, p], pending[e, p], recovered[e, p])
+
+
+@numba.njit(parallel=True, cache=True)
+def fill_reduced_draws(states, m_r, out):
+    """The random numbers of :func:`run_reduced`, in its order, for ``out.shape[1]`` steps of each member:
+    out (E, S, 11) = 8 normals (z, xi along u, v, m, e), chi^2(m_r), chi^2(m_r - 1), n_21. Lets the torch
+    implementation consume the member streams of the numba kernel (tests compare the two)."""
+    E, S = out.shape[0], out.shape[1]
+    for e in numba.prange(E):
+        st = states[e]
+        for i in range(S):
+            for j in range(8):
+                out[e, i, j] = std_normal(st)
+            out[e, i, 8] = _chi2(m_r, st)
+            out[e, i, 9] = _chi2(m_r - 1.0, st)
+            out[e, i, 10] = std_normal(st)
+
+
+def reduced_step_torch(al, draws, lam, nu, coef, a, s, c, wt, activation, a_out, eta):
+    """:func:`reduced_step` for all members at once (torch, CPU or CUDA); returns the sample losses (E,).
+
+    al (E, 3) overlaps, updated in place; draws (E, 11) as in :func:`fill_reduced_draws`; lam, nu (E,);
+    coef (E, 4) = (sqrt beta_u, sqrt beta_v, shrink, beta_m); eta (E,); ``activation`` an
+    :class:`easyhard.activations.Activation` (sigma and sigma').
+    """
+    import torch
+
+    z, xi = draws[:, 0:4], draws[:, 4:8]
+    c1, c2, n21 = draws[:, 8].sqrt(), draws[:, 9].sqrt(), draws[:, 10]
+    zz, zx, xx = c1 * c1, c1 * n21, n21 * n21 + c2 * c2
+    sbu, sbv, shrink, bm = coef.unbind(1)
+    x0 = torch.stack([z[:, 0] + sbu * lam, (1.0 - shrink) * (z[:, 1] + sbv * nu), z[:, 2] + bm], 1)  # (E, 3)
+    t = a * x0 + s * xi[:, :3]
+    te = a * z[:, 3] + s * xi[:, 3]
+    rho = (1.0 - (al * al).sum(1)).clamp_min(0.0).sqrt()
+    h = (al * t).sum(1) + rho * te
+    o = a_out * activation(h)
+    r = x0 - c * t - o[:, None] * al
+    re = z[:, 3] - c * te - o * rho
+    wr = (al * r).sum(1) + rho * re
+    fr = -2.0 * wt * o
+    fx = -2.0 * wt * a_out * wr * activation.derivative(h)
+    gw = fr * wr + fx * h
+    one_ca = 1.0 - c * a
+    coef_a = fr * one_ca + fx * a
+    coef_b = s * (fx - fr * c)
+    g_r2 = coef_a * coef_a * zz + 2.0 * coef_a * coef_b * zx + coef_b * coef_b * xx
+    w_sp = al - eta[:, None] * (fr[:, None] * r + fx[:, None] * t - gw[:, None] * al)
+    w_e = rho - eta * (fr * re + fx * te - gw * rho)
+    norm = ((w_sp * w_sp).sum(1) + w_e * w_e + eta * eta * g_r2).sqrt()
+    al.copy_(w_sp / norm[:, None])
+    return wt * ((r * r).sum(1) + re * re + one_ca * one_ca * zz - 2.0 * one_ca * c * s * zx + c * c * s * s * xx)

@@ -223,7 +223,7 @@ def _reduced_support(model: Committee, config: OnlineSGDConfig) -> str | None:
         return "it needs fresh samples, a fixed t and spherical SGD"
     if model.d < 8:
         return "it needs d >= 8"
-    return _numba_support(model, config)
+    return _numba_support(model, config) if config.device == "cpu" else None
 
 
 def _resolve_engine(model: Committee, config: OnlineSGDConfig) -> str:
@@ -358,7 +358,8 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
     states = seed_states([int(s) for s in seeds])
     steps_log = log_steps(config.steps, config.n_logs)
     thr = np.asarray(config.thresholds, dtype=np.float64)
-    runner_cls = {"numba": _NumbaRunner, "torch": _TorchRunner, "reduced": _ReducedRunner}[engine]
+    runner_cls = {"numba": _NumbaRunner, "torch": _TorchRunner,
+                  "reduced": REDUCED_RUNNERS[torch.device(config.device).type]}[engine]
     runner = runner_cls(model, config, params, X, P, coef, states, etas, thr)
     overlaps = np.empty((len(steps_log), E, model.K, 3))
     loss = np.empty((len(steps_log) - 1, E))
@@ -518,7 +519,29 @@ class _NumbaRunner:
         return {k: v.clone() for k, v in self._views().items()}
 
 
-class _TorchRunner:
+class _TensorTracks:
+    """First passage and persistent recovery on tensors (hits, pending, rec: (E, K, 3, T), on the device)."""
+
+    def _init_tracks(self, shape: tuple[int, ...]) -> None:
+        self.hits, self.pending, self.rec = (torch.full(shape, -1, dtype=torch.int64, device=self.dev)
+                                             for _ in range(3))
+
+    def _track(self, al: torch.Tensor, n) -> None:
+        """:func:`easyhard.train._kernel.track_recovery` on all members at once, in place."""
+        above = al[..., None] >= self.thr
+        self.hits.copy_(torch.where((self.hits < 0) & above, n, self.hits))
+        open_ = self.rec < 0
+        self.pending.copy_(torch.where(open_ & (self.pending < 0) & above, n, self.pending))
+        window = torch.floor(self.pending.double() * self.config.persistence).long()
+        due = open_ & (self.pending >= 0) & (n >= self.pending + window)
+        self.rec.copy_(torch.where(due & above, self.pending, self.rec))
+        self.pending.copy_(torch.where(due & ~above, -1, self.pending))
+
+    def recovery(self):
+        return self.hits.cpu().numpy(), self.rec.cpu().numpy()
+
+
+class _TorchRunner(_TensorTracks):
     """State of the torch engine: tensors on ``config.device`` with a leading member axis."""
 
     def __init__(self, model, config, params, X, P, coef, states, etas, thr):
@@ -535,8 +558,7 @@ class _TorchRunner:
         E = len(etas)
         self.members = torch.arange(E, device=self.dev)
         self.loss_acc = torch.zeros(E, device=self.dev, dtype=torch.float64)
-        self.hits, self.pending, self.rec = (torch.full((*self.p["w"].shape[:2], 3, len(thr)), -1, dtype=torch.int64,
-                                                        device=self.dev) for _ in range(3))
+        self._init_tracks((*self.p["w"].shape[:2], 3, len(thr)))
         self.cuda_gen = None
         if self.dev.type == "cuda":
             self.cuda_gen = torch.Generator(self.dev).manual_seed(int(np.uint64(states[0, 0]) >> np.uint64(1)))
@@ -608,17 +630,6 @@ class _TorchRunner:
             self.p["o"].copy_(plain_step(self.p["o"], grads["o"], self.eta))
         self._track(m.overlaps(self.p, self.P).abs(), n)
 
-    def _track(self, al: torch.Tensor, n) -> None:
-        """:func:`easyhard.train._kernel.track_recovery` on all members at once, in place."""
-        above = al[..., None] >= self.thr
-        self.hits.copy_(torch.where((self.hits < 0) & above, n, self.hits))
-        open_ = self.rec < 0
-        self.pending.copy_(torch.where(open_ & (self.pending < 0) & above, n, self.pending))
-        window = torch.floor(self.pending.double() * self.config.persistence).long()
-        due = open_ & (self.pending >= 0) & (n >= self.pending + window)
-        self.rec.copy_(torch.where(due & above, self.pending, self.rec))
-        self.pending.copy_(torch.where(due & ~above, -1, self.pending))
-
     # ----- CUDA graphs: a block of B steps captured once and replayed --------------------------------------------
     def _static_buffers(self, B: int) -> dict[str, torch.Tensor]:
         """Inputs of one block at fixed addresses: noise (B, E, per_step, d), per-step draws (E, B[, 4]), n0."""
@@ -679,9 +690,6 @@ class _TorchRunner:
 
     def overlaps(self):
         return self.model.overlaps(self.p, self.P).double().cpu().numpy()
-
-    def recovery(self):
-        return self.hits.cpu().numpy(), self.rec.cpu().numpy()
 
     def live_state(self) -> dict:
         out = {f"p.{k}": v for k, v in self.p.items()}
@@ -744,3 +752,81 @@ class _ReducedRunner:
 
     def params(self):
         return {"alpha": torch.from_numpy(self.overlaps())}
+
+
+class _TorchReducedRunner(_TensorTracks):
+    """The reduced simulation in torch, all members at once (:func:`._reduced.reduced_step_torch`).
+
+    Used for ``engine="reduced"`` on CUDA, where the draws come per block from one device generator
+    (normals and exact chi-square draws via torch's gamma sampler). On CPU (tests) it consumes the member
+    streams of the numba kernel, so the two implementations can be compared number for number.
+    """
+
+    def __init__(self, model, config, params, X, P, coef, states, etas, thr):
+        self.model, self.config = model, config
+        self.dev = torch.device(config.device)
+        put = lambda a: torch.as_tensor(a).to(self.dev, torch.float64)  # noqa: E731
+        self.alpha = put(model.overlaps(params, torch.from_numpy(P))[:, 0]).contiguous()
+        self.coef, self.eta, self.thr, self.states = put(coef), put(etas), put(thr), states
+        self.loss_acc = torch.zeros(len(etas), dtype=torch.float64, device=self.dev)
+        self._init_tracks((len(etas), 1, 3, len(thr)))
+        self.m_r = float(model.d - 4)
+        self.gen = None
+        if self.dev.type == "cuda":
+            self.gen = torch.Generator(self.dev).manual_seed(int(np.uint64(states[0, 0]) >> np.uint64(1)))
+
+    def load_chunk(self, chunk):
+        self.chunk = {k: torch.as_tensor(v).to(self.dev) for k, v in chunk.items()}
+        self.draws, self.draws_start = None, 0
+
+    def _draws(self, i: int) -> torch.Tensor:
+        """(E, 11) random numbers of chunk step i, drawn in blocks of at most NOISE_BLOCK numbers."""
+        from easyhard.train._reduced import fill_reduced_draws
+
+        E, C = self.chunk["tco"].shape[:2]
+        if self.draws is None or i >= self.draws_start + self.draws.shape[1]:
+            steps = min(C - i, max(1, NOISE_BLOCK // (E * 11)))
+            self.draws = None
+            if self.gen is None:
+                buf = np.empty((E, steps, 11))
+                fill_reduced_draws(self.states, self.m_r, buf)
+                self.draws = torch.from_numpy(buf)
+            else:
+                normals = torch.randn((E, steps, 9), generator=self.gen, dtype=torch.float64, device=self.dev)
+                shape = torch.full((E, steps, 2), 0.5 * self.m_r, dtype=torch.float64, device=self.dev)
+                shape[..., 1] -= 0.5
+                chi2 = 2.0 * torch._standard_gamma(shape, generator=self.gen)
+                self.draws = torch.cat([normals[..., :8], chi2, normals[..., 8:]], -1)
+            self.draws_start = i
+        return self.draws[:, i - self.draws_start]
+
+    def run(self, i0, i1, step0):
+        from easyhard.train._reduced import reduced_step_torch
+
+        ch, m = self.chunk, self.model
+        a, s, c, wt = (float(x) for x in ch["tco"][0, 0])
+        for i in range(i0, i1):
+            loss = reduced_step_torch(self.alpha, self._draws(i), ch["lam"][:, i].double(), ch["nu"][:, i].double(),
+                                      self.coef, a, s, c, wt, m.activation, float(m.a_out), self.eta)
+            self.loss_acc.add_(loss)
+            self._track(self.alpha.abs()[:, None, :], step0 + i + 1)
+
+    def take_loss(self):
+        out = self.loss_acc.cpu().numpy().copy()
+        self.loss_acc.zero_()
+        return out
+
+    def overlaps(self):
+        return self.alpha[:, None, :].cpu().numpy()
+
+    def live_state(self) -> dict:
+        out = {"alpha": self.alpha, "states": self.states, "loss_acc": self.loss_acc, "hits": self.hits,
+               "pending": self.pending, "rec": self.rec}
+        return out | ({"gen": self.gen} if self.gen is not None else {})
+
+    def params(self):
+        return {"alpha": torch.from_numpy(self.overlaps())}
+
+
+#: the reduced engine's implementation per device type (the torch one also runs on CPU, in tests)
+REDUCED_RUNNERS = {"cpu": _ReducedRunner, "cuda": _TorchReducedRunner}
