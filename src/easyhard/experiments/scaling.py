@@ -178,8 +178,9 @@ class Part:
 class ScalingConfig:
     """What ``reproduce scaling`` runs: the laws (parts), the canonical-setting control and the phase diagram.
 
-    zeta: the escape parameter of the calibrated step (eps = 4|c_4|/(zeta G^2)); phase_zetas: the step
-    constants of the phase diagram, as zeta values; phase_power: budget d^phase_power for it.
+    parts: the laws; canonical: the control cell (run at each of canonical_dims); phase: the cell of the
+    phase diagram (its d and budget), run once per step constant in phase_zetas (eps = 4|c_4|/(zeta G^2));
+    zeta: the escape parameter of the calibrated step of the ``v_indep`` parts; n_boot: bootstrap replicates.
     """
 
     parts: tuple[Part, ...]
