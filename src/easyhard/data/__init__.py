@@ -1,5 +1,13 @@
-"""Data models with exact statistics: the mixed cumulant model, its latent laws and Gaussian equivalents."""
+"""Data: the mixed cumulant model, its latent laws and Gaussian equivalents; natural-image loaders and clones."""
 
+from easyhard.data.images import (
+    PHOTOS,
+    embedded_patches,
+    gaussian_clone,
+    load_cifar10,
+    load_image_folder,
+    load_photos,
+)
 from easyhard.data.latents import (
     ABS_NORMAL_MEDIAN,
     COUPLINGS,
@@ -17,7 +25,7 @@ from easyhard.data.latents import (
 from easyhard.data.mcm import GaussianModel, MixedCumulantModel
 
 __all__ = [
-    "ABS_NORMAL_MEDIAN", "COUPLINGS", "LATENT_LAWS", "BernoulliGauss", "GaussianModel", "Laplace",
-    "LatentLaw", "LatentPair", "MixedCumulantModel", "Rademacher", "TwoPoint", "Uniform",
-    "latent_law_from_dict", "make_latent_law",
+    "ABS_NORMAL_MEDIAN", "COUPLINGS", "LATENT_LAWS", "PHOTOS", "BernoulliGauss", "GaussianModel", "Laplace",
+    "LatentLaw", "LatentPair", "MixedCumulantModel", "Rademacher", "TwoPoint", "Uniform", "embedded_patches",
+    "gaussian_clone", "latent_law_from_dict", "load_cifar10", "load_image_folder", "load_photos", "make_latent_law",
 ]
