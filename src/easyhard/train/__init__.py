@@ -1,5 +1,7 @@
-"""Training engines: online SGD of simple denoisers on a leading ensemble axis (mcm_theory.md section 8)."""
+"""Training engines: online SGD of simple denoisers on a leading ensemble axis (mcm_theory.md section 8), and
+diffusion training of networks on finite datasets with exact resume (images_simplicity.md section 1)."""
 
+from easyhard.train.diffusion import DiffusionTrainConfig, TrainResult, load_snapshot, train_diffusion
 from easyhard.train.online import (
     CHUNK,
     ENGINES,
@@ -15,9 +17,13 @@ __all__ = [
     "CHUNK",
     "ENGINES",
     "WEIGHTINGS",
+    "DiffusionTrainConfig",
     "DivergenceError",
     "OnlineSGDConfig",
     "OnlineSGDResult",
+    "TrainResult",
+    "load_snapshot",
     "log_steps",
     "run_online_sgd",
+    "train_diffusion",
 ]
