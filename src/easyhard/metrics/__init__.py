@@ -5,3 +5,14 @@ from easyhard.metrics.scaling import ScalingFit, bootstrap_scaling, fit_power_la
 
 __all__ = ["ScalingFit", "aligned_fraction", "bootstrap_scaling", "fit_power_law", "km_median", "km_quantile",
            "sustained_recovery"]
+from easyhard.metrics.images import (
+    GAUSSIAN_SPARSITY, EmergenceFit, Moments, convergence_step, covariance_error, emergence_law, emergence_steps,
+    eps_loss_per_level, excess_kurtosis, fixed_noise, gaussian_mmse_eps, ica_filters, kurtosis_error, mean_error,
+    mode_variance_ratios, mode_variances, moments, sampling_floor, skewness, skewness_error, sparsity_error,
+    sparsity_ratio, whitened_mode_error, wiener_distance, wiener_eps_predictor)
+
+__all__ += ["GAUSSIAN_SPARSITY", "EmergenceFit", "Moments", "convergence_step", "covariance_error", "emergence_law",
+            "emergence_steps", "eps_loss_per_level", "excess_kurtosis", "fixed_noise", "gaussian_mmse_eps",
+            "ica_filters", "kurtosis_error", "mean_error", "mode_variance_ratios", "mode_variances", "moments",
+            "sampling_floor", "skewness", "skewness_error", "sparsity_error", "sparsity_ratio",
+            "whitened_mode_error", "wiener_distance", "wiener_eps_predictor"]
