@@ -45,3 +45,7 @@ __all__ = [
     "x0_to_eps",
     "x0_to_score",
 ]
+
+from easyhard.diffusion.samplers import METHODS, SPACINGS, SamplerNoise, sample, timesteps, wiener_eps
+
+__all__ += ["METHODS", "SPACINGS", "SamplerNoise", "sample", "timesteps", "wiener_eps"]
