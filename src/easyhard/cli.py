@@ -303,6 +303,44 @@ def scaling(profile, out_dir, device):
     _write(out_dir, {"command": "reproduce scaling", "profile": profile, "device": device}, start, scaling=results)
 
 
+@reproduce.command()
+@click.option("--quick", "profile", flag_value="quick", default=True,
+              help="embedded 8x8 patches, MLP, two seeds, CPU (default)")
+@click.option("--full", "profile", flag_value="full", help="CIFAR-10 from --data-dir with a U-Net (meant for a GPU)")
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="CIFAR-10 Python batches (--full)")
+@click.option("--steps", type=int, default=None, help="training steps per arm [default: the profile's]")
+@click.option("--seeds", type=int, default=None, help="number of seeds (each trains a real and a clone arm)")
+@click.option("--workers", type=int, default=2, show_default=True, help="arms trained in parallel processes")
+@click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]")
+def images(profile, out_dir, data_dir, steps, seeds, workers, device):
+    """Simplicity bias on natural images: a real arm against its Gaussian clone (losses, samples, Wiener distance)."""
+    import torch
+
+    from easyhard.experiments.images import QUICK, run_images
+
+    start = time.perf_counter()
+    device = device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")
+    overrides = {"workers": workers, "device": device}
+    if profile == "full":
+        overrides |= {"data": "cifar10", "data_dir": data_dir, "model": "unet", "batch_size": 128, "lr": 2e-4,
+                      "steps": 200_000, "warmup": 5000, "n_train": 50_000, "n_test": 10_000, "seeds": (0, 1, 2)}
+    if steps is not None:
+        overrides["steps"] = steps
+    if seeds is not None:
+        overrides["seeds"] = tuple(range(seeds))
+    config = dataclasses.replace(QUICK, **overrides)
+    runs = 2 * len(config.seeds)
+    with click.progressbar(length=runs, label="images (real and clone arms)", file=sys.stderr,
+                           item_show_func=lambda label: label) as bar:
+        results = run_images(config, out_dir, progress=lambda label: bar.update(1, label))
+    for seed, row in results["checks"]["seeds"].items():
+        click.echo(f"seed {seed}: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in row["pass"].items()))
+    click.echo(f"image checks pass: {results['checks']['all_pass']}")
+    _write(out_dir, {"command": "reproduce images", "profile": profile, "images": config.to_dict()}, start,
+           images=results)
+
+
 class _SweepFailed(Exception):
     """Some runs of a sweep failed: reported after the summary, exit code 1."""
 

@@ -33,8 +33,21 @@ def write_scaling_figures(out: Path, scaling: dict) -> dict[str, str]:
             "fraction recovered against log n / log d and the step constant": phase.name}
 
 
+def write_images_figures(out: Path, images: dict) -> dict[str, str]:
+    """The loss-ratio, sample-error and Wiener-distance figures of the image experiment."""
+    from easyhard.report.images import plot_delta_w, plot_loss_ratio, plot_sample_errors
+
+    ratio = plot_loss_ratio(images, out / "images_loss_ratio.png")
+    errors = plot_sample_errors(images, out / "images_sample_errors.png")
+    dist = plot_delta_w(images, out / "images_delta_w.png")
+    return {"test loss over the Gaussian MMSE, real vs clone": ratio.name,
+            "covariance and higher-order errors of generated samples": errors.name,
+            "distance to the Wiener denoiser": dist.name}
+
+
 def write_reproduction(out_dir: str | Path, config: dict, theory: dict | None = None,
-                       staircase: dict | None = None, scaling: dict | None = None) -> dict[str, Path]:
+                       staircase: dict | None = None, scaling: dict | None = None,
+                       images: dict | None = None) -> dict[str, Path]:
     """Write whichever parts were run; returns the written paths by role."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +78,14 @@ def write_reproduction(out_dir: str | Path, config: dict, theory: dict | None = 
             paths[name] = out / name
         parts.append(render_scaling(scaling, figures))
         results["scaling"] = scaling
+    if images is not None:
+        from easyhard.report.images import render_images
+
+        figures = write_images_figures(out, images)
+        for name in figures.values():
+            paths[name] = out / name
+        parts.append(render_images(images, figures))
+        results["images"] = images
     results["environment"] = env
     paths["run"] = atomic_write_json(out / "run.json", {"config": config, **env})
     paths["results"] = atomic_write_json(out / "results.json", results)

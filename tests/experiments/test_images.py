@@ -1,0 +1,43 @@
+"""The image experiment end to end at toy size, through the CLI: files, reference floors, checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from easyhard.cli import main
+from easyhard.experiments import images as images_experiment
+
+
+def test_reproduce_images_writes_report_and_reference_floors(tmp_path, capsys, monkeypatch):
+    tiny = dataclasses.replace(images_experiment.QUICK, n_train=12_000, n_test=2_000, steps=40, first=10,
+                               per_decade=4, n_eval=256, n_gen=512, sampler_steps=6, ica_components=16,
+                               eval_indices=(10, 50, 300), width=32, depth=2)
+    monkeypatch.setattr(images_experiment, "QUICK", tiny)
+    out = tmp_path / "out"
+    code = main(["reproduce", "images", "--quick", "--out", str(out), "--seeds", "1", "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    files = {p.name for p in out.iterdir()}
+    assert {"report.md", "results.json", "images_loss_ratio.png", "images_sample_errors.png",
+            "images_delta_w.png"} <= files
+    res = json.loads((out / "results.json").read_text())["images"]
+    ref = res["reference"]
+    # the plug-in Wiener test loss is close to the Gaussian MMSE of the training moments (test region differs a bit)
+    np.testing.assert_allclose(ref["L_G_test"], ref["L_G"], rtol=0.25)
+    assert ref["sampling_floor"]["E_R"] < 0.25 and abs(ref["sampler_floor"]["E_R"] - 1) < 0.15  # data vs Gaussian
+    runs = {(r["arm"], r["seed"]) for r in res["runs"]}
+    assert runs == {("real", 0), ("clone", 0)}
+    real = next(r for r in res["runs"] if r["arm"] == "real")
+    assert real["steps"][0] == 0 and real["steps"][-1] == 40 and len(real["loss"]) == len(real["steps"])
+    assert set(res["checks"]["seeds"]["0"]["pass"]) >= {"early_agreement", "covariance_before_higher_order"}
+    assert "image checks pass" in captured.out and "## Distributional simplicity bias" in (out / "report.md").read_text()
+    assert (out / "real-seed0" / "state.pt").exists() and list((out / "real-seed0" / "snapshots").glob("*.pt"))
+
+
+def test_full_profile_needs_a_data_dir(tmp_path, capsys):
+    code = main(["reproduce", "images", "--full", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--data-dir" in err and len(err.strip().splitlines()) == 1
