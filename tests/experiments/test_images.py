@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from easyhard.cli import main
 from easyhard.experiments import images as images_experiment
@@ -41,3 +42,24 @@ def test_full_profile_needs_a_data_dir(tmp_path, capsys):
     code = main(["reproduce", "images", "--full", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--data-dir" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cifar_unet_path_runs_at_toy_size_on_cpu(tmp_path):
+    """The --full path (CIFAR-10 batches, diffusers U-Net) at toy size: a small standard-format folder."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, size=(20, 3072), dtype=np.uint8), b"labels": [0] * 20}, fh)
+    config = images_experiment.ImagesConfig(
+        data="cifar10", data_dir=str(folder), model="unet", unet_preset="tiny", n_train=100, n_test=20, n_eval=16,
+        n_gen=32, steps=6, first=2, per_decade=4, batch_size=8, ica_components=4, sampler_steps=3,
+        eval_indices=(10, 300), seeds=(0,), workers=1)
+    res = images_experiment.run_images(config, tmp_path / "out")
+    real = next(r for r in res["runs"] if r["arm"] == "real")
+    assert real["steps"][-1] == 6 and np.isfinite(np.asarray(real["loss"])).all()
+    assert len(real["mode_variances"][0]) == 3072

@@ -17,7 +17,6 @@ and its sampler floor (the exact Wiener denoiser through the same sampler).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -139,7 +138,11 @@ def make_model(config: ImagesConfig, ref: Reference, seed: int) -> torch.nn.Modu
     from easyhard.models.unet import UNetConfig, make_unet
 
     c, h = ref.train.shape[1], ref.train.shape[2]
-    return make_unet(UNetConfig.preset(config.unet_preset, image_size=h, channels=c), gen)
+    preset = UNetConfig.preset(config.unet_preset)
+    sides = [h // 2**k for k in range(len(preset.multipliers))]
+    attention = tuple(r for r in preset.attention_resolutions if r in sides) or (sides[-1],)  # preset's levels, else the lowest
+    return make_unet(UNetConfig.preset(config.unet_preset, image_size=h, channels=c, attention_resolutions=attention),
+                     gen)
 
 
 def _sample_metrics(gen: torch.Tensor, ref: Reference) -> dict:
@@ -301,10 +304,12 @@ def emergence(ref: Reference, runs: list[dict]) -> dict:
     for r in runs:
         if r["arm"] != "real":
             continue
-        tau, crossed = emergence_steps(np.asarray(r["steps"], dtype=float), np.asarray(r["mode_variances"]), eig)
+        keep = eig > 1e-12 * eig.max()  # modes with variance in the data (all but null directions)
+        variances = np.clip(np.asarray(r["mode_variances"])[:, keep], 0.0, None)
+        tau, crossed = emergence_steps(np.asarray(r["steps"], dtype=float), variances, eig[keep])
         row = {"modes_crossed": int(crossed.sum()), "modes": int(len(crossed))}
         try:
-            fit = emergence_law(tau, eig, n_boot=500, seed=r["seed"])
+            fit = emergence_law(tau, eig[keep], n_boot=500, seed=r["seed"])
             row |= {"beta": fit.beta, "interval": list(fit.interval)}
         except ConfigError as err:  # too few modes crossed within the run: reported, not fitted
             row |= {"beta": None, "interval": None, "note": str(err)}
