@@ -308,12 +308,15 @@ def scaling(profile, out_dir, device):
               help="embedded 8x8 patches, MLP, two seeds, CPU (default)")
 @click.option("--full", "profile", flag_value="full", help="CIFAR-10 from --data-dir with a U-Net (meant for a GPU)")
 @click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="CIFAR-10 Python batches (--full)")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="CIFAR-10 Python batches (--full), or a folder of PNG/JPEG images with --data folder")
+@click.option("--data", "data_kind", default=None, help="patches, cifar10 or folder [default: the profile's]")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA)")
 @click.option("--steps", type=int, default=None, help="training steps per arm [default: the profile's]")
 @click.option("--seeds", type=int, default=None, help="number of seeds (each trains a real and a clone arm)")
 @click.option("--workers", type=int, default=2, show_default=True, help="arms trained in parallel processes")
 @click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]")
-def images(profile, out_dir, data_dir, steps, seeds, workers, device):
+def images(profile, out_dir, data_dir, data_kind, compile_, steps, seeds, workers, device):
     """Simplicity bias on natural images: a real arm against its Gaussian clone (losses, samples, Wiener distance)."""
     import torch
 
@@ -321,14 +324,18 @@ def images(profile, out_dir, data_dir, steps, seeds, workers, device):
 
     start = time.perf_counter()
     device = device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")
-    overrides = {"workers": workers, "device": device}
+    overrides = {"workers": workers, "device": device, "compile": compile_}
     if profile == "full":
-        overrides |= {"data": "cifar10", "data_dir": data_dir, "model": "unet", "batch_size": 128, "lr": 2e-4,
+        overrides |= {"data": "cifar10", "model": "unet", "batch_size": 128, "lr": 2e-4,
                       "steps": 200_000, "warmup": 5000, "n_train": 50_000, "n_test": 10_000, "seeds": (0, 1, 2)}
     if steps is not None:
         overrides["steps"] = steps
     if seeds is not None:
         overrides["seeds"] = tuple(range(seeds))
+    if data_kind is not None:
+        overrides["data"] = data_kind
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
     config = dataclasses.replace(QUICK, **overrides)
     runs = 2 * len(config.seeds)
     with click.progressbar(length=runs, label="images (real and clone arms)", file=sys.stderr,

@@ -30,7 +30,7 @@ from easyhard._validate import ConfigError, check_choice, check_int_at_least, ch
 from easyhard.diffusion import DDPMSchedule
 
 ARMS = ("real", "clone")
-DATA = ("patches", "cifar10")
+DATA = ("patches", "cifar10", "folder")
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,14 @@ class ImagesConfig:
     sampler_steps: int = 25
     ica_components: int = 64
     device: str = "cpu"
+    compile: bool = False
     workers: int = 2
 
     def __post_init__(self):
         check_choice("data", self.data, DATA)
         check_choice("model", self.model, ("mlp", "unet"))
-        if self.data == "cifar10" and self.data_dir is None:
-            raise ConfigError("data cifar10 needs --data-dir (a folder with the CIFAR-10 Python batches)")
+        if self.data != "patches" and self.data_dir is None:
+            raise ConfigError(f"data {self.data} needs --data-dir (CIFAR-10 Python batches, or a folder of images)")
         for name in ("n_train", "n_test", "steps", "batch_size", "n_eval", "n_gen", "sampler_steps", "workers"):
             check_int_at_least(name, getattr(self, name), 2 if name == "sampler_steps" else 1)
         check_positive("lr", self.lr)
@@ -100,12 +101,16 @@ class Reference:
 
 
 def load_data(config: ImagesConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) images in [-1, 1]: embedded patches or CIFAR-10."""
-    from easyhard.data import embedded_patches, load_cifar10
+    """(train, test) images in [-1, 1]: embedded patches, CIFAR-10, or a folder of images (last 20% by name: test)."""
+    from easyhard.data import embedded_patches, load_cifar10, load_image_folder
 
     if config.data == "patches":
         return (embedded_patches("train", size=config.patch_size, n=config.n_train),
                 embedded_patches("test", size=config.patch_size, n=config.n_test))
+    if config.data == "folder":
+        images = load_image_folder(config.data_dir)
+        cut = int(round(0.8 * len(images)))
+        return images[:cut][: config.n_train], images[cut:][: config.n_test]
     train, _ = load_cifar10(config.data_dir, "train")
     test, _ = load_cifar10(config.data_dir, "test")
     return train[: config.n_train], test[: config.n_test]
@@ -222,7 +227,8 @@ def run_arm(config: ImagesConfig, ref: Reference, data: torch.Tensor, arm: str, 
 
     train_cfg = DiffusionTrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                                      warmup=config.warmup, grad_clip=config.grad_clip, per_decade=config.per_decade,
-                                     first=config.first, seed=seed, device=config.device)
+                                     first=config.first, seed=seed, device=config.device,
+                                     compile=config.compile)
     result = train_diffusion(model, data, schedule, train_cfg, Path(out_dir) / f"{arm}-seed{seed}",
                              on_checkpoint=measure)
     return {"arm": arm, "seed": seed, **curves, "train_loss": result.train_loss, "images_per_s": result.images_per_s}
