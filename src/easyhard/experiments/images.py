@@ -96,8 +96,12 @@ class Reference:
     test: torch.Tensor  # centred test inputs for the losses (n_eval, ...)
     ref: torch.Tensor  # real samples the generated statistics are compared with
     filters: torch.Tensor  # ICA filters (J, d)
-    eigenvalues: torch.Tensor
+    train_moments: object  # easyhard.metrics.images.Moments of the training set
     sigma_data: float
+
+    @property
+    def eigenvalues(self) -> torch.Tensor:
+        return self.train_moments.eigenvalues
 
 
 def load_data(config: ImagesConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,9 +131,8 @@ def prepare(config: ImagesConfig) -> tuple[Reference, torch.Tensor]:
     clone = gaussian_clone(train, generator=torch.Generator().manual_seed(10_000))
     filters = ica_filters(train[:20_000], n_components=min(config.ica_components, train[0].numel()), seed=0)
     ref = train[-config.n_gen:]
-    eig = moments(train).eigenvalues
     sigma_data = float(train.reshape(len(train), -1).var(0).mean().sqrt())
-    return Reference(train, test[: config.n_eval], ref, filters, eig, sigma_data), clone
+    return Reference(train, test[: config.n_eval], ref, filters, moments(train), sigma_data), clone
 
 
 def make_model(config: ImagesConfig, ref: Reference, seed: int) -> torch.nn.Module:
@@ -154,24 +157,10 @@ def _sample_metrics(gen: torch.Tensor, ref: Reference) -> dict:
     from easyhard.metrics.images import covariance_error, kurtosis_error, mode_variances, sparsity_error
 
     zero = torch.zeros(ref.train[0].numel(), dtype=torch.float64)
-    train_moments = _train_moments(ref)
-    return {"E_Sigma": covariance_error(gen, train_moments),
+    return {"E_Sigma": covariance_error(gen, ref.train_moments),
             "E_R": sparsity_error(gen, ref.ref, ref.filters, zero),
             "E_K": kurtosis_error(gen, ref.ref, ref.filters, zero),
-            "mode_variances": mode_variances(gen, train_moments).tolist()}
-
-
-_MOMENTS: dict[int, object] = {}
-
-
-def _train_moments(ref: Reference):
-    """Moments of the training set, computed once per process."""
-    from easyhard.metrics.images import moments
-
-    key = id(ref.train)
-    if key not in _MOMENTS:
-        _MOMENTS[key] = moments(ref.train)
-    return _MOMENTS[key]
+            "mode_variances": mode_variances(gen, ref.train_moments).tolist()}
 
 
 def _generate(eps_fn, config: ImagesConfig, ref: Reference) -> torch.Tensor:
