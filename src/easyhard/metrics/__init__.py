@@ -16,3 +16,7 @@ __all__ += ["GAUSSIAN_SPARSITY", "EmergenceFit", "Moments", "convergence_step", 
             "ica_filters", "kurtosis_error", "mean_error", "mode_variance_ratios", "mode_variances", "moments",
             "sampling_floor", "skewness", "skewness_error", "sparsity_error", "sparsity_ratio",
             "whitened_mode_error", "wiener_distance", "wiener_eps_predictor"]
+from easyhard.metrics.memorization import (  # noqa: E402
+    MemorizationFraction, memorization_fraction, nearest_neighbours, standardize)
+
+__all__ += ["MemorizationFraction", "memorization_fraction", "nearest_neighbours", "standardize"]

@@ -1,0 +1,67 @@
+"""Nearest neighbours (chunked = unchunked, exactly) and the memorisation fraction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from easyhard._validate import ConfigError
+from easyhard.metrics.memorization import memorization_fraction, nearest_neighbours, standardize
+
+
+def _gauss(n, d, seed):
+    return torch.randn((n, d), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_chunked_and_unchunked_neighbours_agree_exactly(metric):
+    train, samples = _gauss(700, 24, 0), _gauss(90, 24, 1)
+    train[5] = train[600]  # an exact tie: the smaller index must win in every chunking
+    samples[3] = train[600] + 1e-3
+    ref_d, ref_i = nearest_neighbours(samples, train, k=3, metric=metric, chunk=10_000)
+    for chunk in (1, 7, 64, 699):
+        d, i = nearest_neighbours(samples, train, k=3, metric=metric, chunk=chunk)
+        assert torch.equal(i, ref_i) and torch.equal(d, ref_d)
+    assert ref_i[3, 0] == 5 and ref_i[3, 1] == 600
+    # brute force
+    if metric == "l2":
+        full = torch.cdist(samples, train, compute_mode="donot_use_mm_for_euclid_dist")
+        np.testing.assert_allclose(ref_d.numpy(), full.sort(1).values[:, :3].numpy(), rtol=1e-12)
+    else:
+        sims = standardize(samples) @ standardize(train).T
+        np.testing.assert_allclose(ref_d.numpy(), sims.sort(1, descending=True).values[:, :3].numpy(), atol=1e-12)
+
+
+def test_memorization_fraction_copies_and_fresh_samples():
+    train = _gauss(400, 30, 2)
+    copies = train[:100] + 1e-3 * _gauss(100, 30, 3)
+    fresh = _gauss(300, 30, 4)
+    assert memorization_fraction(copies, train).value == 1.0
+    assert memorization_fraction(fresh, train).value < 0.02
+    mixed = memorization_fraction(torch.cat([copies, fresh]), train, n_boot=500)
+    assert mixed.value == pytest.approx(0.25, abs=0.01) and mixed.interval[0] < 0.25 < mixed.interval[1]
+
+
+def test_bootstrap_interval_covers_the_true_fraction_at_the_nominal_rate():
+    """Samples are copies with probability p = 0.3, fresh otherwise: the 95% interval covers p ~95% of the time."""
+    train = _gauss(300, 20, 5)
+    rng = np.random.default_rng(0)
+    covered, reps = 0, 120
+    for r in range(reps):
+        n = 150
+        is_copy = torch.from_numpy(rng.random(n) < 0.3)
+        base = train[torch.from_numpy(rng.integers(0, len(train), n))] + 1e-3 * _gauss(n, 20, 100 + r)
+        samples = torch.where(is_copy[:, None], base, _gauss(n, 20, 1000 + r))
+        lo, hi = memorization_fraction(samples, train, n_boot=400, seed=r).interval
+        covered += lo <= 0.3 <= hi
+    assert 0.85 <= covered / reps <= 1.0
+
+
+def test_errors_are_one_line():
+    with pytest.raises(ConfigError, match="threshold"):
+        memorization_fraction(_gauss(5, 3, 0), _gauss(5, 3, 1), threshold=1.5)
+    with pytest.raises(ConfigError, match="same dimension"):
+        nearest_neighbours(_gauss(5, 3, 0), _gauss(5, 4, 1))
+    with pytest.raises(ConfigError, match="metric"):
+        nearest_neighbours(_gauss(5, 3, 0), _gauss(5, 3, 1), metric="l1")
