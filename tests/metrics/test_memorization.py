@@ -65,3 +65,26 @@ def test_errors_are_one_line():
         nearest_neighbours(_gauss(5, 3, 0), _gauss(5, 4, 1))
     with pytest.raises(ConfigError, match="metric"):
         nearest_neighbours(_gauss(5, 3, 0), _gauss(5, 3, 1), metric="l1")
+
+
+def test_split_similarity_sees_samples_that_copy_their_own_split():
+    own, other = _gauss(300, 40, 10), _gauss(300, 40, 11)
+    copies = own[:50] + 0.05 * _gauss(50, 40, 12)
+    from easyhard.metrics.memorization import paired_similarity, split_similarity
+
+    biased = split_similarity(copies, own, other)
+    assert biased["own"] > 0.99 and biased["gap"] > 0.5
+    fresh = split_similarity(_gauss(50, 40, 13), own, other)
+    assert abs(fresh["gap"]) < 0.05  # a fresh sample is no closer to one split than to the other
+    same = paired_similarity(copies, copies)
+    assert torch.allclose(same, torch.ones(50, dtype=torch.float64))
+    assert abs(float(paired_similarity(_gauss(400, 40, 14), _gauss(400, 40, 15)).mean())) < 0.03
+
+
+def test_denoiser_similarity_is_one_for_proportional_outputs():
+    from easyhard.metrics.memorization import denoiser_similarity
+
+    x = _gauss(64, 10, 20)
+    assert denoiser_similarity(x, 3.0 * x) == pytest.approx(1.0)
+    assert denoiser_similarity(x, -x) == pytest.approx(-1.0)
+    assert abs(denoiser_similarity(x, _gauss(64, 10, 21))) < 0.15

@@ -17,6 +17,8 @@ __all__ += ["GAUSSIAN_SPARSITY", "EmergenceFit", "Moments", "convergence_step", 
             "sampling_floor", "skewness", "skewness_error", "sparsity_error", "sparsity_ratio",
             "whitened_mode_error", "wiener_distance", "wiener_eps_predictor"]
 from easyhard.metrics.memorization import (  # noqa: E402
-    MemorizationFraction, memorization_fraction, nearest_neighbours, standardize)
+    MemorizationFraction, denoiser_similarity, memorization_fraction, nearest_neighbours, paired_similarity,
+    split_similarity, standardize)
 
-__all__ += ["MemorizationFraction", "memorization_fraction", "nearest_neighbours", "standardize"]
+__all__ += ["MemorizationFraction", "denoiser_similarity", "memorization_fraction", "nearest_neighbours",
+            "paired_similarity", "split_similarity", "standardize"]

@@ -118,3 +118,29 @@ def memorization_fraction(samples: torch.Tensor, train: torch.Tensor, threshold:
     tail = 50 * (1 - level)
     lo, hi = np.percentile(boot, [tail, 100 - tail])
     return MemorizationFraction(float(copies.mean()), (float(lo), float(hi)), threshold, len(copies), n_boot)
+
+
+def split_similarity(samples: torch.Tensor, own: torch.Tensor, other: torch.Tensor,
+                     chunk: int | None = None) -> dict[str, float]:
+    """Mean nearest-neighbour similarity (per-image-standardised cosine) of a model's samples to its own
+    training split and to another, disjoint split; their difference is the sample-split bias
+    (generalization.md: a positive gap means samples lean towards the model's own data)."""
+    s_own = nearest_neighbours(samples, own, k=1, metric="cosine", chunk=chunk)[0][:, 0]
+    s_other = nearest_neighbours(samples, other, k=1, metric="cosine", chunk=chunk)[0][:, 0]
+    return {"own": float(s_own.mean()), "other": float(s_other.mean()), "gap": float((s_own - s_other).mean())}
+
+
+def paired_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pair standardised cosine similarity of two models' samples driven by the same noise: (m,)."""
+    a, b = standardize(a), standardize(b)
+    if a.shape != b.shape:
+        raise ConfigError(f"paired samples must have the same shape (got {tuple(a.shape)} and {tuple(b.shape)})")
+    return (a * b).sum(1)
+
+
+def denoiser_similarity(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Mean cosine similarity of two denoisers' outputs (n, ...) on the same noisy inputs (no standardisation)."""
+    a, b = _flat("first", first), _flat("second", second)
+    if a.shape != b.shape:
+        raise ConfigError(f"outputs must have the same shape (got {tuple(a.shape)} and {tuple(b.shape)})")
+    return float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)).mean())
