@@ -97,6 +97,7 @@ class Reference:
     ref: torch.Tensor  # real samples the generated statistics are compared with
     filters: torch.Tensor  # ICA filters (J, d)
     train_moments: object  # easyhard.metrics.images.Moments of the training set
+    wiener: object  # easyhard.oracles.WienerDenoiser of the training set
     sigma_data: float
 
     @property
@@ -124,6 +125,7 @@ def prepare(config: ImagesConfig) -> tuple[Reference, torch.Tensor]:
     """The reference objects and the clone training set (per-pixel training mean removed, DC kept)."""
     from easyhard.data import gaussian_clone
     from easyhard.metrics.images import ica_filters, moments
+    from easyhard.oracles import WienerDenoiser
 
     train, test = load_data(config)
     mu = train.mean(0, keepdim=True)
@@ -132,7 +134,8 @@ def prepare(config: ImagesConfig) -> tuple[Reference, torch.Tensor]:
     filters = ica_filters(train[:20_000], n_components=min(config.ica_components, train[0].numel()), seed=0)
     ref = train[-config.n_gen:]
     sigma_data = float(train.reshape(len(train), -1).var(0).mean().sqrt())
-    return Reference(train, test[: config.n_eval], ref, filters, moments(train), sigma_data), clone
+    wiener = WienerDenoiser.from_samples(train.reshape(len(train), -1).double())
+    return Reference(train, test[: config.n_eval], ref, filters, moments(train), wiener, sigma_data), clone
 
 
 def make_model(config: ImagesConfig, ref: Reference, seed: int) -> torch.nn.Module:
@@ -174,16 +177,15 @@ def _generate(eps_fn, config: ImagesConfig, ref: Reference) -> torch.Tensor:
 def floors(config: ImagesConfig, ref: Reference) -> dict:
     """Gaussian MMSE per level, the plug-in Wiener test loss, and the sampling and sampler floors."""
     from easyhard.diffusion.samplers import wiener_eps
-    from easyhard.metrics.images import eps_loss_per_level, gaussian_mmse_eps, wiener_eps_predictor
-    from easyhard.oracles import WienerDenoiser
+    from easyhard.metrics.images import eps_loss_per_level, gaussian_mmse_eps
 
     schedule = config.schedule()
-    wiener = WienerDenoiser.from_samples(ref.train.reshape(len(ref.train), -1).double())
+    wiener = wiener_eps(ref.wiener, schedule)
     abar = torch.stack([torch.as_tensor(schedule.alpha_bar(i), dtype=torch.float64) for i in config.eval_indices])
     l_gauss = gaussian_mmse_eps(ref.eigenvalues, abar)
-    l_test = eps_loss_per_level(wiener_eps_predictor(wiener, schedule), ref.test, schedule, config.eval_indices)
+    l_test = eps_loss_per_level(wiener, ref.test, schedule, config.eval_indices)
     sampling = _sample_metrics(ref.train[: config.n_gen], ref)
-    sampler = _sample_metrics(_generate(wiener_eps(wiener, schedule), config, ref).float(), ref)
+    sampler = _sample_metrics(_generate(wiener, config, ref).float(), ref)
     return {"L_G": l_gauss.tolist(), "L_G_test": l_test.tolist(),
             "sampling_floor": {k: v for k, v in sampling.items() if k != "mode_variances"},
             "sampler_floor": {k: v for k, v in sampler.items() if k != "mode_variances"}}
@@ -191,15 +193,14 @@ def floors(config: ImagesConfig, ref: Reference) -> dict:
 
 def run_arm(config: ImagesConfig, ref: Reference, data: torch.Tensor, arm: str, seed: int, out_dir: str) -> dict:
     """Train one arm and measure it at every checkpoint; returns its curves."""
-    from easyhard.metrics.images import eps_loss_per_level, wiener_distance, wiener_eps_predictor
-    from easyhard.oracles import WienerDenoiser
+    from easyhard.diffusion.samplers import wiener_eps
+    from easyhard.metrics.images import eps_loss_per_level, wiener_distance
     from easyhard.train.diffusion import DiffusionTrainConfig, train_diffusion
 
     torch.set_num_threads(1)
     schedule = config.schedule()
     model = make_model(config, ref, seed)
-    wiener = wiener_eps_predictor(WienerDenoiser.from_samples(ref.train.reshape(len(ref.train), -1).double()),
-                                  schedule)
+    wiener = wiener_eps(ref.wiener, schedule)
     curves: dict[str, list] = {"steps": [], "loss": [], "delta_W": [], "E_Sigma": [], "E_R": [], "E_K": [],
                                "mode_variances": []}
 

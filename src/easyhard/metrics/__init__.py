@@ -9,13 +9,13 @@ from easyhard.metrics.images import (
     GAUSSIAN_SPARSITY, EmergenceFit, Moments, convergence_step, covariance_error, emergence_law, emergence_steps,
     eps_loss_per_level, excess_kurtosis, fixed_noise, gaussian_mmse_eps, ica_filters, kurtosis_error, mean_error,
     mode_variance_ratios, mode_variances, moments, sampling_floor, skewness, skewness_error, sparsity_error,
-    sparsity_ratio, whitened_mode_error, wiener_distance, wiener_eps_predictor)
+    sparsity_ratio, whitened_mode_error, wiener_distance)
 
 __all__ += ["GAUSSIAN_SPARSITY", "EmergenceFit", "Moments", "convergence_step", "covariance_error", "emergence_law",
             "emergence_steps", "eps_loss_per_level", "excess_kurtosis", "fixed_noise", "gaussian_mmse_eps",
             "ica_filters", "kurtosis_error", "mean_error", "mode_variance_ratios", "mode_variances", "moments",
             "sampling_floor", "skewness", "skewness_error", "sparsity_error", "sparsity_ratio",
-            "whitened_mode_error", "wiener_distance", "wiener_eps_predictor"]
+            "whitened_mode_error", "wiener_distance"]
 from easyhard.metrics.memorization import (  # noqa: E402
     MemorizationFraction, denoiser_similarity, memorization_fraction, nearest_neighbours, paired_similarity,
     split_similarity, standardize)

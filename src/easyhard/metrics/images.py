@@ -24,7 +24,6 @@ from torch import Tensor
 
 from easyhard._validate import ConfigError, check_int_at_least
 from easyhard.diffusion.ddpm import DDPMSchedule
-from easyhard.oracles.wiener import WienerDenoiser
 
 #: E|z| / sqrt(E z^2) = sqrt(2 / pi) for a Gaussian z.
 GAUSSIAN_SPARSITY = math.sqrt(2 / math.pi)
@@ -127,15 +126,6 @@ def eps_loss_per_level(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSche
             count += eps.numel()
         out.append(total / count)
     return torch.tensor(out, dtype=torch.float64)
-
-
-def wiener_eps_predictor(denoiser: WienerDenoiser, schedule: DDPMSchedule) -> EpsPredictor:
-    """eps_hat_G(x_t, i) = (x_t - a D_G(x_t)) / s with (a, s) = ``schedule.coefficients(i)``; keeps x_t's shape."""
-    def predict(x_t: Tensor, i: int) -> Tensor:
-        a, s = schedule.coefficients(int(i))
-        flat = x_t.reshape(x_t.shape[0], -1)
-        return ((flat - a * denoiser(flat, a, s)) / s).reshape(x_t.shape)
-    return predict
 
 
 @torch.no_grad()

@@ -10,15 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from easyhard.report._figure import fmt, save_figure  # noqa: E402
+
 _STYLE = {"real": "-", "clone": "--"}
 _LEVELS = (10, 50, 300)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def _steps(run: dict) -> np.ndarray:
@@ -42,7 +37,7 @@ def plot_loss_ratio(results: dict, path: Path) -> Path:
         ax.set_title(f"i = {level}: loss / Gaussian (Wiener) MMSE", fontsize=8)
     axes[0][0].set_ylabel("L(step, i) / L_G^test(i)")
     axes[0][0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sample_errors(results: dict, path: Path) -> Path:
@@ -61,7 +56,7 @@ def plot_sample_errors(results: dict, path: Path) -> Path:
         ax.set_title({"E_Sigma": "covariance error E_Sigma", "E_R": "higher-order error E_R (ICA sparsity)"}[key],
                      fontsize=8)
     axes[0].legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_delta_w(results: dict, path: Path) -> Path:
@@ -78,11 +73,7 @@ def plot_delta_w(results: dict, path: Path) -> Path:
     ax.set_ylabel("delta_W (relative to the Gaussian MMSE)")
     ax.set_title(f"real arm, seed {real['seed']}: distance to the Wiener denoiser", fontsize=8)
     ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _fmt(x, spec=".3g") -> str:
-    return "-" if x is None else format(x, spec)
+    return save_figure(fig, path)
 
 
 def render_images(results: dict, figures: dict[str, str]) -> str:
@@ -97,15 +88,15 @@ def render_images(results: dict, figures: dict[str, str]) -> str:
     lines += ["", "| seed | early gap (i <= 100) | final gap (i <= 50) | real / L_G^test at i = 10, 25, 50 | "
               "clone min ratio | tau_Sigma | tau_R | E_R real / clone |", "|---|---|---|---|---|---|---|---|"]
     for seed, row in checks["seeds"].items():
-        lines.append(f"| {seed} | {_fmt(row['early_max_gap_low_noise'])} | {row['final_gap_low_noise']:.3f} | "
+        lines.append(f"| {seed} | {fmt(row['early_max_gap_low_noise'])} | {row['final_gap_low_noise']:.3f} | "
                      f"{', '.join(f'{r:.2f}' for r in row['real_final_ratio_low_noise'])} | "
-                     f"{row['clone_min_ratio']:.3f} | {_fmt(row['tau_Sigma'], '.0f')} | {_fmt(row['tau_R'], '.0f')} | "
+                     f"{row['clone_min_ratio']:.3f} | {fmt(row['tau_Sigma'], '.0f')} | {fmt(row['tau_R'], '.0f')} | "
                      f"{row['E_R_final_real']:.2f} / {row['E_R_final_clone']:.2f} |")
     lines += ["", "Checks per seed:", ""]
     for seed, row in checks["seeds"].items():
         lines.append(f"- seed {seed}: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in row["pass"].items()))
     lines += ["", "PCA-mode emergence (real arm): " + "; ".join(
-        f"seed {s}: beta = {_fmt(e['beta'])} {'' if e['interval'] is None else '[{:.2f}, {:.2f}]'.format(*e['interval'])}"
+        f"seed {s}: beta = {fmt(e['beta'])} {'' if e['interval'] is None else '[{:.2f}, {:.2f}]'.format(*e['interval'])}"
         f" ({e['modes_crossed']}/{e['modes']} modes crossed)" for s, e in results["emergence"].items()), "",
         f"All image checks pass: {checks['all_pass']}", ""]
     lines += [f"![{caption}]({name})\n" for caption, name in figures.items()]

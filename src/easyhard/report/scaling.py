@@ -11,17 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from easyhard.report._figure import fmt, save_figure  # noqa: E402
+
 from easyhard.theory.calibration import RECOMMENDED_ZETA  # noqa: E402
 
 _TITLES = {"u": "u (covariance spike), eta ~ 1/d", "v_sign": "v, sign-coupled latents, eta = 0.3/d",
            "v_indep": "v, independent latents (S1), eta = eps/d^2", "v_indep_reduced": "v, independent (S1), reduced"}
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def _law(d: np.ndarray, kappa: float, log_factor: bool) -> np.ndarray:
@@ -53,7 +48,7 @@ def plot_scaling(parts: dict, path: Path) -> Path:
         ax.set_title(_TITLES.get(name, name), fontsize=8)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("recovery steps tau (censored median)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_collapse(parts: dict, path: Path) -> Path:
@@ -77,7 +72,7 @@ def plot_collapse(parts: dict, path: Path) -> Path:
         ax.set_title(_TITLES.get(name, name), fontsize=8)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("|alpha| (median, interquartile band)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_phase(phase: dict, path: Path) -> Path:
@@ -106,11 +101,7 @@ def plot_phase(phase: dict, path: Path) -> Path:
     ax.set_xlabel(f"log n / log d   (d = {phase['d']})")
     ax.set_ylabel("step constant eps (eta = eps / d^2)")
     ax.legend(fontsize=7, loc="upper right")
-    return _save(fig, path)
-
-
-def _fmt(x, spec=".3g") -> str:
-    return "-" if x is None else format(x, spec)
+    return save_figure(fig, path)
 
 
 def render_scaling(results: dict, figures: dict[str, str]) -> str:
@@ -126,7 +117,7 @@ def render_scaling(results: dict, figures: dict[str, str]) -> str:
         f, g = part["fit"], part["fit_log"]
         lines.append(f"| {name} | {part['law']} | {', '.join(map(str, f['dims']))} | {f['kappa']:.3f} "
                      f"[{f['interval'][0]:.3f}, {f['interval'][1]:.3f}] | {g['kappa']:.3f} "
-                     f"[{g['interval'][0]:.3f}, {g['interval'][1]:.3f}] | {', '.join(_fmt(m) for m in f['medians'])} | "
+                     f"[{g['interval'][0]:.3f}, {g['interval'][1]:.3f}] | {', '.join(fmt(m) for m in f['medians'])} | "
                      f"{', '.join(f'{r:.0%}' for r in f['recovered_fraction'])} |")
         if "median_over_sde" in part:
             lines.append(f"| {name}: median / SDE n_med | | | {', '.join(f'{r:.2f}' for r in part['median_over_sde'])} "
@@ -135,7 +126,7 @@ def render_scaling(results: dict, figures: dict[str, str]) -> str:
               "| d | u recovered | median tau_u/(d ln d) | v recovered | max median abs(alpha_v) | 3/sqrt(d) |",
               "|---|---|---|---|---|---|"]
     for r in results["canonical"]["rows"]:
-        lines.append(f"| {r['d']} | {r['u_recovered_fraction']:.0%} | {_fmt(r['median_tau_u_over_d_log_d'])} | "
+        lines.append(f"| {r['d']} | {r['u_recovered_fraction']:.0%} | {fmt(r['median_tau_u_over_d_log_d'])} | "
                      f"{r['v_recovered_fraction']:.0%} | {r['max_median_abs_alpha_v']:.3f} | {r['noise_level']:.3f} |")
     lines += ["", "Checks:", ""]
     for key, c in results["acceptance"].items():

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from easyhard.report._figure import save_figure  # noqa: E402
+
 _COLORS = {"independent": "tab:blue", "sign": "tab:red"}
 
 
@@ -38,10 +40,7 @@ def plot_overlaps(cells: list[dict], path: Path) -> Path:
         ax.set_title(f"d = {d}; black: population minimiser on the unit circle (sign); grey: 4/sqrt(d)", fontsize=7)
     axes[0][0].set_ylabel("overlap")
     axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_loss(cells: list[dict], path: Path) -> Path:
@@ -65,10 +64,7 @@ def plot_loss(cells: list[dict], path: Path) -> Path:
     ax.set_ylabel("loss - Bayes MMSE")
     ax.set_title(f"d = {d}", fontsize=9)
     ax.legend(fontsize=6.5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _f(x, spec=".3f"):

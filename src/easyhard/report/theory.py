@@ -40,6 +40,8 @@ def plot_loss_curves(rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from easyhard.report._figure import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, key in zip(axes, ("u", "v")):
         for row in rows:
@@ -55,10 +57,7 @@ def plot_loss_curves(rows: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(r"$|L(\alpha) - L(0)|$")
     axes[1].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def render_markdown(results: dict, figure: str | None) -> str:

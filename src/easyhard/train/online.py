@@ -519,6 +519,24 @@ class _NumbaRunner:
         return {k: v.clone() for k, v in self._views().items()}
 
 
+class _Blocks:
+    """Random numbers of a chunk drawn block by block: ``draw(steps)`` returns (E, steps, ...) and a block
+    holds at most NOISE_BLOCK numbers (``per_step`` numbers per step), so memory stays bounded at large E d.
+    Blocks are drawn in step order, so the block size does not change the numbers."""
+
+    def __init__(self, draw: Callable[[int], torch.Tensor], per_step: int):
+        self.draw, self.per_step = draw, per_step
+        self.block, self.start = None, 0
+
+    def step(self, i: int, length: int) -> torch.Tensor:
+        """The numbers of chunk step i (of ``length``): (E, ...)."""
+        if self.block is None or i >= self.start + self.block.shape[1]:
+            self.block = None  # free the previous block before drawing the next
+            self.block = self.draw(min(length - i, max(1, NOISE_BLOCK // self.per_step)))
+            self.start = i
+        return self.block[:, i - self.start]
+
+
 class _TensorTracks:
     """First passage and persistent recovery on tensors (hits, pending, rec: (E, K, 3, T), on the device)."""
 
@@ -573,29 +591,26 @@ class _TorchRunner(_TensorTracks):
     def load_chunk(self, chunk):
         """Move the chunk's draws to the device; its Gaussians are drawn block by block in :meth:`_noise`."""
         self.chunk = {k: torch.as_tensor(v).to(self.dev) for k, v in chunk.items()}
-        self.noise, self.noise_start = None, 0
+        per_step = 1 if self.config.n_samples is not None else 2
+        self.noise = _Blocks(self._draw_noise, len(self.eta) * per_step * self.model.d)
 
     def _noise(self, i: int) -> torch.Tensor:
-        """Gaussians of chunk step i: (E, per_step, d). Blocks hold at most NOISE_BLOCK numbers, so the
-        memory stays bounded at large E d; on CPU they come from the kernel's member streams (in order,
-        so the block size does not change them), on CUDA from one device generator."""
+        """Gaussians of chunk step i: (E, per_step, d), from blocks of at most NOISE_BLOCK numbers (memory
+        bounded at large E d); on CPU from the kernel's member streams (in order, so the block size does not
+        change them), on CUDA from one device generator."""
+        return self.noise.step(i, self.chunk["tco"].shape[1])
+
+    def _draw_noise(self, steps: int) -> torch.Tensor:
+        """(E, steps, per_step, d) Gaussians: (z, xi) per step online, xi alone with a training set."""
         from easyhard.train._rng import fill_normal
 
-        E, C = self.chunk["tco"].shape[:2]
+        E, d = len(self.eta), self.model.d
         per_step = 1 if self.config.n_samples is not None else 2
-        d = self.model.d
-        if self.noise is None or i >= self.noise_start + self.noise.shape[1]:
-            steps = min(C - i, max(1, NOISE_BLOCK // (E * per_step * d)))
-            self.noise = None  # free the previous block before drawing the next
-            if self.cuda_gen is None:
-                buf = np.empty((E, steps * per_step * d))
-                fill_normal(self.states, buf)
-                self.noise = torch.from_numpy(buf).view(E, steps, per_step, d).to(self.dt)
-            else:
-                self.noise = torch.randn((E, steps, per_step, d), generator=self.cuda_gen, device=self.dev,
-                                         dtype=self.dt)
-            self.noise_start = i
-        return self.noise[:, i - self.noise_start]
+        if self.cuda_gen is not None:
+            return torch.randn((E, steps, per_step, d), generator=self.cuda_gen, device=self.dev, dtype=self.dt)
+        buf = np.empty((E, steps * per_step * d))
+        fill_normal(self.states, buf)
+        return torch.from_numpy(buf).view(E, steps, per_step, d).to(self.dt)
 
     def run(self, i0, i1, step0):
         """Steps i0 .. i1-1 of the chunk: CUDA-graph blocks where possible (:meth:`_run_blocks`), else eagerly."""
@@ -777,28 +792,23 @@ class _TorchReducedRunner(_TensorTracks):
 
     def load_chunk(self, chunk):
         self.chunk = {k: torch.as_tensor(v).to(self.dev) for k, v in chunk.items()}
-        self.draws, self.draws_start = None, 0
+        self.draws = _Blocks(self._draw, len(self.eta) * 11)
 
-    def _draws(self, i: int) -> torch.Tensor:
-        """(E, 11) random numbers of chunk step i, drawn in blocks of at most NOISE_BLOCK numbers."""
+    def _draw(self, steps: int) -> torch.Tensor:
+        """(E, steps, 11) random numbers of :func:`._reduced.fill_reduced_draws`: the kernel's member streams on
+        CPU; on CUDA normals and exact chi-square (gamma) draws from the device generator."""
         from easyhard.train._reduced import fill_reduced_draws
 
-        E, C = self.chunk["tco"].shape[:2]
-        if self.draws is None or i >= self.draws_start + self.draws.shape[1]:
-            steps = min(C - i, max(1, NOISE_BLOCK // (E * 11)))
-            self.draws = None
-            if self.gen is None:
-                buf = np.empty((E, steps, 11))
-                fill_reduced_draws(self.states, self.m_r, buf)
-                self.draws = torch.from_numpy(buf)
-            else:
-                normals = torch.randn((E, steps, 9), generator=self.gen, dtype=torch.float64, device=self.dev)
-                shape = torch.full((E, steps, 2), 0.5 * self.m_r, dtype=torch.float64, device=self.dev)
-                shape[..., 1] -= 0.5
-                chi2 = 2.0 * torch._standard_gamma(shape, generator=self.gen)
-                self.draws = torch.cat([normals[..., :8], chi2, normals[..., 8:]], -1)
-            self.draws_start = i
-        return self.draws[:, i - self.draws_start]
+        E = len(self.eta)
+        if self.gen is None:
+            buf = np.empty((E, steps, 11))
+            fill_reduced_draws(self.states, self.m_r, buf)
+            return torch.from_numpy(buf)
+        normals = torch.randn((E, steps, 9), generator=self.gen, dtype=torch.float64, device=self.dev)
+        shape = torch.full((E, steps, 2), 0.5 * self.m_r, dtype=torch.float64, device=self.dev)
+        shape[..., 1] -= 0.5
+        chi2 = 2.0 * torch._standard_gamma(shape, generator=self.gen)
+        return torch.cat([normals[..., :8], chi2, normals[..., 8:]], -1)
 
     def run(self, i0, i1, step0):
         from easyhard.train._reduced import reduced_step_torch
@@ -806,7 +816,8 @@ class _TorchReducedRunner(_TensorTracks):
         ch, m = self.chunk, self.model
         a, s, c, wt = (float(x) for x in ch["tco"][0, 0])
         for i in range(i0, i1):
-            loss = reduced_step_torch(self.alpha, self._draws(i), ch["lam"][:, i].double(), ch["nu"][:, i].double(),
+            draws = self.draws.step(i, ch["tco"].shape[1])
+            loss = reduced_step_torch(self.alpha, draws, ch["lam"][:, i].double(), ch["nu"][:, i].double(),
                                       self.coef, a, s, c, wt, m.activation, float(m.a_out), self.eta)
             self.loss_acc.add_(loss)
             self._track(self.alpha.abs()[:, None, :], step0 + i + 1)
