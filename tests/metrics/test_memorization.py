@@ -88,3 +88,24 @@ def test_denoiser_similarity_is_one_for_proportional_outputs():
     assert denoiser_similarity(x, 3.0 * x) == pytest.approx(1.0)
     assert denoiser_similarity(x, -x) == pytest.approx(-1.0)
     assert abs(denoiser_similarity(x, _gauss(64, 10, 21))) < 0.15
+
+
+def test_wilson_upper_bound_matches_closed_forms():
+    from scipy.stats import norm
+
+    from easyhard.metrics.memorization import wilson_upper
+    z = norm.ppf(0.975)
+    assert wilson_upper(0, 400) == pytest.approx(z * z / (400 + z * z), rel=1e-12)
+    # against the textbook two-sided Wilson interval, (p + z^2/2n + z sqrt(p q/n + z^2/4n^2)) / (1 + z^2/n)
+    p, n = 0.3, 50
+    ref = (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    assert wilson_upper(15, 50) == pytest.approx(ref, rel=1e-12)
+
+
+def test_exact_copy_of_a_duplicated_training_point_counts_as_memorised():
+    train = _gauss(50, 8, 7)
+    train[10] = train[20]
+    result = memorization_fraction(train[20:21].clone(), train, n_boot=10)
+    assert result.value == 1.0
+    fresh = memorization_fraction(_gauss(200, 8, 8), train, n_boot=200)
+    assert fresh.value == 0.0 and fresh.interval == (0.0, 0.0) and 0 < fresh.wilson_upper < 0.02

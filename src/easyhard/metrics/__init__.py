@@ -17,8 +17,9 @@ __all__ += ["GAUSSIAN_SPARSITY", "EmergenceFit", "Moments", "convergence_step", 
             "sampling_floor", "skewness", "skewness_error", "sparsity_error", "sparsity_ratio",
             "whitened_mode_error", "wiener_distance"]
 from easyhard.metrics.memorization import (  # noqa: E402
-    MemorizationFraction, denoiser_similarity, memorization_fraction, nearest_neighbours, paired_similarity,
-    split_similarity, standardize)
+    MemorizationFraction, copies_from_distances, denoiser_similarity, fraction_with_interval, memorization_fraction,
+    nearest_neighbours, paired_similarity, split_similarity, standardize, wilson_upper)
 
-__all__ += ["MemorizationFraction", "denoiser_similarity", "memorization_fraction", "nearest_neighbours",
-            "paired_similarity", "split_similarity", "standardize"]
+__all__ += ["MemorizationFraction", "copies_from_distances", "denoiser_similarity", "fraction_with_interval",
+            "memorization_fraction", "nearest_neighbours", "paired_similarity", "split_similarity", "standardize",
+            "wilson_upper"]

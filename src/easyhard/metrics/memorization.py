@@ -90,34 +90,80 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, m
 
 @dataclass(frozen=True)
 class MemorizationFraction:
-    """f_mem (fraction of samples with d1/d2 < threshold) with its bootstrap interval."""
+    """f_mem (fraction of samples with d1/d2 < threshold) with its bootstrap and Wilson intervals.
+
+    value: the observed fraction; interval: percentile bootstrap interval; boot_mean, se: mean and
+    standard deviation (ddof = 1) of the bootstrap replicates; wilson_upper: the upper end of the Wilson
+    score interval at the same level, informative when no sample is a copy (generalization.md, section 2).
+    """
 
     value: float
     interval: tuple[float, float]
     threshold: float
     n_samples: int
     n_boot: int
+    boot_mean: float
+    se: float
+    wilson_upper: float
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def memorization_fraction(samples: torch.Tensor, train: torch.Tensor, threshold: float = 1 / 3, n_boot: int = 1000,
-                          level: float = 0.95, seed: int = 0, chunk: int | None = None) -> MemorizationFraction:
-    """Fraction of samples with d1/d2 < ``threshold`` (L2 distances to the nearest and second-nearest training
-    point), with a percentile bootstrap interval over samples."""
+def wilson_upper(successes: int, n: int, level: float = 0.95) -> float:
+    """Upper end of the Wilson score interval for a binomial proportion:
+
+        (p + z^2/(2n) + z sqrt(p(1-p)/n + z^2/(4n^2))) / (1 + z^2/n),   p = successes/n,
+
+    with z the two-sided normal quantile of ``level``. For zero successes it is z^2 / (n + z^2).
+    """
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def copies_from_distances(distances: torch.Tensor, threshold: float = 1 / 3) -> torch.Tensor:
+    """Copy indicators (m,) bool from the two nearest L2 distances (m, 2): d1 < threshold * d2.
+
+    A sample whose two nearest training points are both at distance 0 (a duplicated training image
+    copied exactly) counts as a copy [choice].
+    """
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must lie in (0, 1) (got {threshold})")
+    if distances.ndim != 2 or distances.shape[1] < 2:
+        raise ConfigError(f"distances must have shape (m, 2) (got {tuple(distances.shape)})")
+    d1, d2 = distances[:, 0], distances[:, 1]
+    return (d1 < threshold * d2) | (d2 == 0)
+
+
+def fraction_with_interval(copies: torch.Tensor | np.ndarray, threshold: float, n_boot: int = 1000,
+                           level: float = 0.95, seed: int = 0) -> MemorizationFraction:
+    """f_mem of copy indicators (m,), with a percentile bootstrap over samples and the Wilson upper bound."""
     check_int_at_least("n_boot", n_boot, 10)
     if not 0 < level < 1:
         raise ConfigError(f"level must lie in (0, 1) (got {level})")
-    dist, _ = nearest_neighbours(samples, train, k=2, chunk=chunk)
-    copies = (dist[:, 0] < threshold * dist[:, 1]).numpy()
+    copies = np.asarray(copies, dtype=bool)
     rng = np.random.default_rng(seed)
     boot = copies[rng.integers(0, len(copies), (n_boot, len(copies)))].mean(1)
     tail = 50 * (1 - level)
     lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return MemorizationFraction(float(copies.mean()), (float(lo), float(hi)), threshold, len(copies), n_boot)
+    return MemorizationFraction(float(copies.mean()), (float(lo), float(hi)), threshold, len(copies), n_boot,
+                                float(boot.mean()), float(boot.std(ddof=1)),
+                                wilson_upper(int(copies.sum()), len(copies), level))
+
+
+def memorization_fraction(samples: torch.Tensor, train: torch.Tensor, threshold: float = 1 / 3, n_boot: int = 1000,
+                          level: float = 0.95, seed: int = 0, chunk: int | None = None) -> MemorizationFraction:
+    """Fraction of samples with d1/d2 < ``threshold`` (L2 distances to the nearest and second-nearest training
+    point), with a percentile bootstrap interval over samples and the Wilson upper bound."""
+    if not 0 < threshold < 1:
+        raise ConfigError(f"threshold must lie in (0, 1) (got {threshold})")
+    dist, _ = nearest_neighbours(samples, train, k=2, chunk=chunk)
+    return fraction_with_interval(copies_from_distances(dist, threshold), threshold, n_boot, level, seed)
 
 
 def split_similarity(samples: torch.Tensor, own: torch.Tensor, other: torch.Tensor,
