@@ -398,6 +398,76 @@ def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, t
                            f"(see {out_dir}/runs/<id>/status.json; run the command again to retry them)")
 
 
+def _parse_thresholds(text: str) -> tuple[float, ...]:
+    from fractions import Fraction
+
+    try:
+        return tuple(float(Fraction(x.strip())) for x in text.split(","))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--thresholds must be comma-separated numbers or fractions in (0, 1), e.g. 1/4,1/3,1/2 "
+                          f"(got {text!r})") from None
+
+
+@cli.command()
+@click.option("--samples", "samples_dir", required=True, help="folder of generated samples (images, .npy or .pt)")
+@click.option("--train", "train_dir", required=True, help="folder of the training data, same format and scale")
+@click.option("--test", "test_dir", default=None, help="folder of held-out data of the same law (optional)")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder: report.md, results.json, run.json, diagnose.png")
+@click.option("--thresholds", default="1/4,1/3,1/2", show_default=True,
+              help="d1/d2 thresholds k of the copy test, comma-separated numbers or fractions in (0, 1)")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="bootstrap resamples (>= 10)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the bootstrap and of the subsets")
+@click.option("--max-samples", type=int, default=None, help="diagnose a seeded random subset of this many samples")
+def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed, max_samples):
+    """Memorisation diagnostics of samples from any model against its training (and test) data.
+
+    Folders hold PNG/JPEG images (read as RGB in [-1, 1]) or .npy / .pt arrays (one item or a batch
+    (n, ...) per file, values as stored). Reports f_mem (d1/d2 < k) with intervals, nearest-neighbour
+    distances and, with --test, the own- versus other-split similarity gap.
+    """
+    from easyhard._validate import check_int_at_least
+    from easyhard.data.folders import load_tensor_folder
+    from easyhard.experiments.diagnose import (check_inputs, check_thresholds, subsample, threshold_label,
+                                               write_diagnosis)
+    from easyhard.experiments.diagnose import diagnose as run_diagnosis
+
+    start = time.perf_counter()
+    thresholds = check_thresholds(_parse_thresholds(thresholds))
+    check_int_at_least("--n-boot", n_boot, 10)
+    if max_samples is not None:
+        check_int_at_least("--max-samples", max_samples, 1)
+    samples = load_tensor_folder(samples_dir, "--samples")
+    train = load_tensor_folder(train_dir, "--train")
+    test = None if test_dir is None else load_tensor_folder(test_dir, "--test")
+    n_loaded = len(samples)
+    check_inputs(samples, train, test)
+    samples, subset = subsample(samples, max_samples, seed)
+    click.echo(f"diagnose: {len(samples)} samples of shape {tuple(samples.shape[1:])} against {len(train)} train"
+               + ("" if test is None else f" and {len(test)} test") + " points", err=True)
+    result = run_diagnosis(samples, train, test, thresholds, n_boot, seed)
+    result["inputs"]["samples"]["loaded"] = n_loaded
+    if subset is not None:
+        for row in result["closest"]:
+            row["sample"] = int(subset[row["sample"]])
+    config = {"command": "diagnose", "samples": str(samples_dir), "train": str(train_dir),
+              "test": None if test_dir is None else str(test_dir), "thresholds": list(thresholds), "n_boot": n_boot,
+              "seed": seed, "max_samples": max_samples}
+    paths = write_diagnosis(out_dir, result, config)
+    main_t = result["settings"]["main_threshold"]
+    for m in result["memorization"]:
+        click.echo(f"f_mem(d1/d2 < {threshold_label(m['threshold'])}) = {m['value']:.4f} "
+                   f"[{m['interval'][0]:.4f}, {m['interval'][1]:.4f}], Wilson upper {m['wilson_upper']:.4f}"
+                   + ("  <- main" if m["threshold"] == main_t and len(thresholds) > 1 else ""))
+    if result["split"] is not None:
+        gap = result["split"]["gap"]
+        click.echo(f"own - other NN similarity gap (train vs test, {result['split']['subset_size']} each) = "
+                   f"{gap['value']:.4f} [{gap['interval'][0]:.4f}, {gap['interval'][1]:.4f}]")
+    for flag in result["flags"]:
+        click.echo(f"flag {flag['id']}: {flag['message']}")
+    click.echo(f"report: {paths['report']} (wrote {len(paths)} files in {time.perf_counter() - start:.1f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the click group, mapping bad input to one line on stderr and exit code 2."""
     try:

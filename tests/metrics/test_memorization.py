@@ -109,3 +109,41 @@ def test_exact_copy_of_a_duplicated_training_point_counts_as_memorised():
     assert result.value == 1.0
     fresh = memorization_fraction(_gauss(200, 8, 8), train, n_boot=200)
     assert fresh.value == 0.0 and fresh.interval == (0.0, 0.0) and 0 < fresh.wilson_upper < 0.02
+
+
+def _brute_force(samples, train, k):
+    """Float64 brute force from differences, ties to the smaller index: (squared distances, indices)."""
+    a, b = samples.reshape(len(samples), -1).double(), train.reshape(len(train), -1).double()
+    sq = torch.stack([((row - b) ** 2).sum(1) for row in a])
+    order = np.lexsort((np.broadcast_to(np.arange(len(b)), sq.shape), sq.numpy()), axis=1)[:, :k]
+    order = torch.from_numpy(order)
+    return sq.gather(1, order), order
+
+
+def test_float32_candidates_with_near_ties_give_the_float64_brute_force(monkeypatch):
+    """float32 inputs whose distances differ below float32 resolution, and 40 copies of one training row
+    (more than the candidates kept): the round-off certificate fails, the second pass restores the exact answer."""
+    import easyhard.metrics.memorization as mem
+
+    g = torch.Generator().manual_seed(3)
+    d = 64
+    directions = torch.randn((600, d), generator=g, dtype=torch.float64)
+    radii = 1.0 + 1e-7 * torch.rand(600, generator=g, dtype=torch.float64)  # norms equal to ~1e-7
+    train = (directions / directions.norm(dim=1, keepdim=True) * radii[:, None]).to(torch.float32)
+    train[100:140] = train[550]  # 40 exact copies of one row
+    samples = torch.cat([1e-9 * torch.randn((20, d), generator=g),  # near the origin: ~600 near-ties
+                         train[550:551] + 1e-3 * torch.randn((5, d), generator=g),
+                         torch.randn((20, d), generator=g)]).to(torch.float32)
+    calls = []
+    research = mem._research
+    monkeypatch.setattr(mem, "_research", lambda *args: calls.append(len(args[0])) or research(*args))
+    ref_sq, ref_i = _brute_force(samples, train, k=3)
+    for chunk in (None, 1, 37, 600):
+        dist, idx = nearest_neighbours(samples, train, k=3, chunk=chunk)
+        assert torch.equal(idx, ref_i) and torch.equal(dist, ref_sq.sqrt())
+    assert calls and max(calls) >= 25  # the near-tie samples went through the second pass
+    assert ref_i[20].tolist() == [100, 101, 102]
+    # cosine on float32 inputs agrees with the float64 standardised brute force
+    sims = standardize(samples) @ standardize(train).T
+    s, i = nearest_neighbours(samples, train, k=2, metric="cosine", chunk=50)
+    np.testing.assert_allclose(s.numpy(), sims.sort(1, descending=True).values[:, :2].numpy(), atol=1e-12)

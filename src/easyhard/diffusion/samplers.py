@@ -36,7 +36,8 @@ Common random numbers: a :class:`SamplerNoise` holds the initial state x_{i_{K-1
 the per-step noise of the ancestral sampler. Passing the same object to runs with two denoisers
 gives both exactly the same initial state and the same per-step noise sequence (drawn in the same
 order from a dedicated generator), so differences between their samples come from the denoisers
-only.
+only. For an ensemble denoiser acting on (E, B, ...) the noise may have the trailing shape (B, ...):
+it is then shared by all E members (the coupled sampler of generalization.md section 1).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def _ddim(denoiser: Denoiser, x: Tensor, indices: list[int], schedule: DDPMSched
 
 
 def _ancestral(denoiser: Denoiser, x: Tensor, indices: list[int], schedule: DDPMSchedule,
-               clip_x0: float | None, step_generator: torch.Generator | None) -> Tensor:
+               clip_x0: float | None, step_generator: torch.Generator | None, noise_shape: tuple[int, ...]) -> Tensor:
     noise_device = step_generator.device if step_generator is not None else x.device
     for i, j in zip(indices[:-1], indices[1:]):
         x0, _ = _x0_and_eps(denoiser, x, i, schedule, clip_x0)
@@ -156,8 +157,8 @@ def _ancestral(denoiser: Denoiser, x: Tensor, indices: list[int], schedule: DDPM
         beta = 1 - alpha
         mean = (abar_j**0.5 * beta / (1 - abar_i)) * x0 + (alpha**0.5 * (1 - abar_j) / (1 - abar_i)) * x
         std = ((1 - abar_j) / (1 - abar_i) * beta) ** 0.5
-        z = torch.randn(x.shape, generator=step_generator, dtype=x.dtype, device=noise_device)
-        x = mean + std * z.to(x.device)
+        z = torch.randn(noise_shape, generator=step_generator, dtype=x.dtype, device=noise_device)
+        x = mean + std * z.to(x.device)  # z broadcasts over any leading (ensemble) axes
     x0, _ = _x0_and_eps(denoiser, x, indices[-1], schedule, clip_x0)
     return x0
 
@@ -173,7 +174,8 @@ def sample(denoiser: Denoiser, schedule: DDPMSchedule, shape: Sequence[int], *,
     method: "ddim" (deterministic, Heun-corrected if ``heun``) or "ancestral" (``heun`` ignored);
     steps, spacing: the index grid of :func:`timesteps` (``steps=schedule.T`` with linear spacing
     is the full 1000-step ancestral sampler); clip_x0: clamp x0_hat to [-clip_x0, clip_x0], or None.
-    Randomness: ``noise`` (a :class:`SamplerNoise` whose ``initial`` has shape ``shape``) if given,
+    Randomness: ``noise`` (a :class:`SamplerNoise` whose ``initial`` has shape ``shape``, or a trailing part
+    of it, broadcast over the leading axes together with every per-step draw) if given,
     else drawn from ``generator`` (None: torch's default generator), initial state first.
     Returns x0_hat after the last step, shape ``shape``, on ``noise.initial``'s device/dtype if
     ``noise`` is given, else on ``device`` with ``dtype``.
@@ -188,10 +190,13 @@ def sample(denoiser: Denoiser, schedule: DDPMSchedule, shape: Sequence[int], *,
         initial = torch.randn(shape, generator=generator, dtype=dtype, device=gen_device).to(device)
         step_generator = generator
     else:
-        if tuple(noise.initial.shape) != shape:
-            raise ConfigError(f"noise.initial must have the sample shape {shape} (got {tuple(noise.initial.shape)})")
-        initial = noise.initial
+        noise_shape = tuple(noise.initial.shape)
+        if not 1 <= len(noise_shape) <= len(shape) or shape[len(shape) - len(noise_shape):] != noise_shape:
+            raise ConfigError(f"noise.initial must have the sample shape {shape} or a trailing part of it "
+                              f"(got {noise_shape})")
+        initial = noise.initial.expand(shape)
         step_generator = noise.step_generator()
     if method == "ddim":
         return _ddim(denoiser, initial.clone(), indices, schedule, heun, clip_x0)
-    return _ancestral(denoiser, initial.clone(), indices, schedule, clip_x0, step_generator)
+    return _ancestral(denoiser, initial.clone(), indices, schedule, clip_x0, step_generator,
+                      noise_shape if noise is not None else shape)

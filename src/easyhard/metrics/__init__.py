@@ -23,3 +23,6 @@ from easyhard.metrics.memorization import (  # noqa: E402
 __all__ += ["MemorizationFraction", "copies_from_distances", "denoiser_similarity", "fraction_with_interval",
             "memorization_fraction", "nearest_neighbours", "paired_similarity", "split_similarity", "standardize",
             "wilson_upper"]
+from easyhard.metrics.quality import kl_to_density, knn_distances, knn_entropy, mean_log_likelihood  # noqa: E402
+
+__all__ += ["kl_to_density", "knn_distances", "knn_entropy", "mean_log_likelihood"]

@@ -2,9 +2,14 @@
 
 Pure functions on tensors (n, ...) flattened to (n, d). Nearest neighbours are found block by block
 (samples x training chunks, a running top-k), so 1e4 samples against 1e5 training vectors of dimension
-1024 need memory for one block only. Candidates are selected with matrix products and the final
-distances recomputed exactly from differences in float64, with ties broken by the smaller training
-index: chunked and unchunked searches give identical results.
+1024 need memory for one block beyond the inputs (which are neither copied nor converted as a whole:
+rows are converted block by block). Candidates are selected with float32 matrix products
+(||b||^2 - 2 a.b) and the final distances recomputed exactly from differences in float64, with ties
+broken by the smaller training index. The float32 selection is certified per sample with a rigorous
+round-off bound: a sample whose candidates might miss a point at or below its k-th exact distance is
+searched again, keeping every training point whose float32 value lies within the bound of that
+distance. The result is therefore the float64 brute-force answer, and chunked and unchunked searches
+give identical results.
 
 The memorisation fraction (Yoon et al. 2023; Gu et al. 2023 [prior]): a sample is a copy when the
 ratio of its distances to the nearest and the second-nearest training point is below a threshold
@@ -22,16 +27,27 @@ import torch
 from easyhard._validate import ConfigError, check_choice, check_int_at_least
 
 METRICS = ("l2", "cosine")
-#: candidates kept per query beyond k before the exact re-ranking (absorbs round-off of the block products)
+#: candidates kept per query beyond k in the float32 pass (the margin that lets the round-off certificate pass)
 _EXTRA = 8
-#: float64 elements of one block of the distance matrix (256 MiB)
+#: elements of one float32 block of the (samples x training) product matrix (128 MiB)
 _BLOCK = 2**25
+#: elements (pairs x dimension) of one float64 step of the exact re-ranking (32 MiB)
+_RERANK = 2**22
+_U32 = 2.0**-24  # unit round-off of float32
+_U64 = 2.0**-53  # unit round-off of float64
 
 
 def _flat(name: str, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
         raise ConfigError(f"{name} must be a tensor of shape (n, ...) with n >= 1")
     return x.reshape(len(x), -1).to(torch.float64)
+
+
+def _flat_view(name: str, x: torch.Tensor) -> torch.Tensor:
+    """(n, d) view of ``x`` (on the CPU) in its own dtype: no float64 copy of the whole tensor."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
+        raise ConfigError(f"{name} must be a tensor of shape (n, ...) with n >= 1")
+    return x.detach().cpu().reshape(len(x), -1)
 
 
 def standardize(x: torch.Tensor) -> torch.Tensor:
@@ -44,48 +60,128 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
+def _rows64(x: torch.Tensor, metric: str, sel: slice | torch.Tensor) -> torch.Tensor:
+    """Float64 rows ``x[sel]`` of a flattened input (standardised for the cosine metric)."""
+    rows = x[sel].to(torch.float64)
+    return standardize(rows) if metric == "cosine" else rows
+
+
+def _rows32(x: torch.Tensor, metric: str, lo: int, hi: int) -> torch.Tensor:
+    """Float32 rows lo:hi for the candidate search (a view when the input is float32 and metric is l2)."""
+    if metric == "l2" and x.dtype == torch.float32:
+        return x[lo:hi]
+    return _rows64(x, metric, slice(lo, hi)).to(torch.float32)
+
+
+def _exact_sq(q64: torch.Tensor, b: torch.Tensor, metric: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Float64 squared distances ||q64[rows] - b[cols]||^2 of index pairs, from differences (in bounded pieces)."""
+    step = max(1, _RERANK // max(1, q64.shape[1]))
+    out = []
+    for p in range(0, len(rows), step):
+        diff = q64[rows[p:p + step]] - _rows64(b, metric, cols[p:p + step])
+        out.append(diff.mul_(diff).sum(1))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+
+
 def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, metric: str = "l2",
                        chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances (m, k), indices (m, k)) of the k nearest training points of every sample.
 
     metric "l2": Euclidean distances; "cosine": the per-image-standardised cosine similarity, returned
     as similarities in decreasing order (nearest first). ``chunk``: training rows per block (None: from a
-    256 MiB budget). Exact in float64, ties to the smaller index; independent of ``chunk``.
+    128 MiB float32 block budget). Exact in float64 (the float64 brute-force answer), ties to the smaller
+    index; independent of ``chunk``. The inputs are not copied: peak memory is the inputs plus about
+    three blocks.
     """
     check_choice("metric", metric, METRICS)
     k = check_int_at_least("k", k, 1)
-    a, b = (standardize(x) for x in (samples, train)) if metric == "cosine" else (_flat("samples", samples),
-                                                                                   _flat("train", train))
-    if a.shape[1] != b.shape[1]:
-        raise ConfigError(f"samples and train must have the same dimension (got {a.shape[1]} and {b.shape[1]})")
-    if k > len(b):
-        raise ConfigError(f"k must be at most the number of training points {len(b)} (got {k})")
-    keep = min(len(b), k + _EXTRA)
-    chunk = chunk or max(keep, _BLOCK // max(1, min(len(a), 4096)))
+    a, b = _flat_view("samples", samples), _flat_view("train", train)
+    m, n, d = len(a), len(b), a.shape[1]
+    if b.shape[1] != d:
+        raise ConfigError(f"samples and train must have the same dimension (got {d} and {b.shape[1]})")
+    if k > n:
+        raise ConfigError(f"k must be at most the number of training points {n} (got {k})")
+    keep = min(n, k + _EXTRA)
+    chunk = chunk or max(keep, _BLOCK // max(1, min(m, 4096)))
     check_int_at_least("chunk", chunk, 1)
     rows = max(1, _BLOCK // chunk)
-    b_sq = (b * b).sum(1)
+    piece = max(1, _RERANK // max(1, d))
+    # Round-off bound of s = fl(||b||^2 - 2 q.b) in float32 (inputs rounded to float32, ||b||^2 summed in
+    # float32, any summation order): |s - (||b||^2 - 2 q.b)| <= (2.04 d + 7) u32 (||q||^2 + ||b||^2); plus the
+    # float64 error of the exact distances. Both are taken generously (coef * (||q||^2 + max ||b||^2)).
+    coef32 = (2.1 * d + 16) * _U32
+    coef64 = 4 * (d + 16) * _U64
+    search64 = coef32 > 0.01  # float32 bound meaningless (d > ~8e4): search in float64 instead
+    if search64:
+        coef32 = (2.1 * d + 16) * _U64
+        b_sq = torch.cat([(_rows64(b, metric, slice(p, p + piece)) ** 2).sum(1) for p in range(0, n, piece)])
+        b_max = float(b_sq.max())
+    else:
+        b_sq32 = torch.cat([(x * x).sum(1) for x in (_rows32(b, metric, p, p + piece) for p in range(0, n, piece))])
+        b_max = float(b_sq32.max()) * (1 + (2 * d + 4) * _U32)  # an upper bound of the exact max ||b||^2
     dist_out, idx_out = [], []
-    for r0 in range(0, len(a), rows):
-        q = a[r0:r0 + rows]
-        q_sq = (q * q).sum(1, keepdim=True)
-        best_d = torch.full((len(q), 0), math.inf, dtype=torch.float64)
-        best_i = torch.empty((len(q), 0), dtype=torch.int64)
-        for c0 in range(0, len(b), chunk):
-            block = q_sq + b_sq[c0:c0 + chunk] - 2.0 * q @ b[c0:c0 + chunk].T  # squared distances (approx.)
-            cand_d = torch.cat([best_d, block], 1)
-            cand_i = torch.cat([best_i, torch.arange(c0, c0 + block.shape[1]).expand(len(q), -1)], 1)
-            top = torch.topk(cand_d, min(keep, cand_d.shape[1]), dim=1, largest=False).indices
-            best_d, best_i = cand_d.gather(1, top), cand_i.gather(1, top)
-        exact = ((q[:, None, :] - b[best_i]) ** 2).sum(-1)  # (rows, keep) exact squared distances
-        order = np.lexsort((best_i.numpy(), exact.numpy()), axis=1)[:, :k]  # by distance, then index
-        order = torch.from_numpy(order)
-        dist_out.append(exact.gather(1, order).sqrt())
-        idx_out.append(best_i.gather(1, order))
+    for r0 in range(0, m, rows):
+        q64 = _rows64(a, metric, slice(r0, r0 + rows))
+        q = q64 if search64 else _rows32(a, metric, r0, r0 + rows)
+        nq = len(q)
+        best_s = best_i = None
+        for c0 in range(0, n, chunk):
+            c1 = min(n, c0 + chunk)
+            bb = _rows64(b, metric, slice(c0, c1)) if search64 else _rows32(b, metric, c0, c1)
+            block = torch.addmm((b_sq if search64 else b_sq32)[c0:c1], q, bb.T, alpha=-2.0)
+            s, i = torch.topk(block, min(keep, c1 - c0), dim=1, largest=False, sorted=False)
+            del block
+            i += c0
+            if best_s is not None:
+                s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+                if s.shape[1] > keep:
+                    s, t = torch.topk(s, keep, dim=1, largest=False, sorted=False)
+                    i = i.gather(1, t)
+            best_s, best_i = s, i
+        rr = torch.arange(nq).repeat_interleave(best_i.shape[1])
+        exact = _exact_sq(q64, b, metric, rr, best_i.reshape(-1)).reshape(nq, -1)
+        order = torch.from_numpy(np.lexsort((best_i.numpy(), exact.numpy()), axis=1)[:, :k])  # distance, index
+        dist, idx = exact.gather(1, order), best_i.gather(1, order)
+        # certificate: a point outside the candidates has s >= max kept s, hence an exact squared distance
+        # >= ||q||^2 + max s - margin; if that exceeds the k-th exact distance, the candidates hold the answer.
+        q_sq = (q64 * q64).sum(1)
+        margin = (coef32 + coef64) * (q_sq + b_max) + coef64 * dist[:, -1]
+        if best_i.shape[1] < n:
+            failed = torch.nonzero(q_sq + best_s.max(1).values.double() - margin <= dist[:, -1]).flatten()
+        else:
+            failed = torch.empty(0, dtype=torch.int64)
+        if len(failed):
+            dist[failed], idx[failed] = _research(q64[failed], q[failed], b, b_sq if search64 else b_sq32, metric,
+                                                  search64, (dist[failed, -1] - q_sq[failed] + margin[failed]),
+                                                  k, chunk)
+        dist_out.append(dist.sqrt())
+        idx_out.append(idx)
     dist, idx = torch.cat(dist_out), torch.cat(idx_out)
     if metric == "cosine":
         return 1.0 - dist**2 / 2.0, idx
     return dist, idx
+
+
+def _research(q64: torch.Tensor, q: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, metric: str, search64: bool,
+              thr: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Second pass for samples whose candidates were not certified: every training point with
+    s = ||b||^2 - 2 q.b <= ``thr`` (which contains all points at or below the k-th exact distance) is
+    re-ranked exactly; (squared distances (f, k), indices (f, k))."""
+    if not search64:  # the smallest float32 >= thr
+        thr = torch.nextafter(thr.to(torch.float32), torch.tensor(math.inf, dtype=torch.float32))
+    pr, pj = [], []
+    for c0 in range(0, len(b), chunk):
+        c1 = min(len(b), c0 + chunk)
+        bb = _rows64(b, metric, slice(c0, c1)) if search64 else _rows32(b, metric, c0, c1)
+        r, j = torch.nonzero(torch.addmm(b_sq[c0:c1], q, bb.T, alpha=-2.0) <= thr[:, None], as_tuple=True)
+        pr.append(r)
+        pj.append(j + c0)
+    rows, cols = torch.cat(pr), torch.cat(pj)
+    exact = _exact_sq(q64, b, metric, rows, cols)
+    order = np.lexsort((cols.numpy(), exact.numpy(), rows.numpy()))  # by sample, distance, index
+    start = np.searchsorted(rows.numpy()[order], np.arange(len(q64)))
+    take = torch.from_numpy(order[(start[:, None] + np.arange(k)).reshape(-1)])
+    return exact[take].reshape(-1, k), cols[take].reshape(-1, k)
 
 
 @dataclass(frozen=True)

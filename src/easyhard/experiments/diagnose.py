@@ -1,0 +1,264 @@
+"""Memorisation diagnostics for samples of any model (generalization.md, sections 2 and 5).
+
+:func:`diagnose` compares generated samples with the training set (and optionally a held-out test set
+of the same distribution) in pixel space and returns a JSON-ready dict; :func:`write_diagnosis` writes
+results.json, report.md, run.json and a figure. Pure: nothing is printed.
+
+- Memorisation fraction f_mem: a sample is a copy when d1/d2 < k (L2 distances to its nearest and
+  second-nearest training point), at every threshold k (default 1/4, 1/3, 1/2), with the percentile
+  bootstrap interval, bootstrap SE and Wilson upper bound. One k = 2 search serves every threshold.
+- Nearest-neighbour statistics of samples to train: d1, d2 and d1/d2 (quantiles), the closest samples.
+- With a test set: the same distances of samples to test, and the reference distances of test points
+  to train (what novel data of the same law looks like, including the copy rate of the detector on test
+  points: non-zero means train and test overlap); the own- (train) versus other- (test) split nearest-
+  neighbour similarity (per-image-standardised cosine), its gap with a bootstrap interval over samples,
+  and the fraction of samples nearer (L2) to train than to test.
+
+Fair split comparison [choice]: nearest-neighbour similarity grows with the size of the reference
+set, so when train and test differ in size the larger one is replaced by a random subset (seeded by
+``seed``) of the smaller one's size before the own-versus-other comparison; intervals are over samples,
+conditional on that subset. For novel samples of the data law the gap is then ~0 and the fraction
+nearer to train ~1/2.
+
+Distances are L2 on the flattened values as given (the distances are unchanged by centring on the
+training mean). A d1/d2 ratio with d1 = d2 = 0 (a duplicated training image copied exactly) is
+recorded as 0 and counted as a copy, as in :func:`easyhard.metrics.memorization.copies_from_distances`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from easyhard._validate import ConfigError, check_int_at_least
+from easyhard.metrics.memorization import copies_from_distances, fraction_with_interval, nearest_neighbours
+from easyhard.runs.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment_info
+
+DEFAULT_THRESHOLDS = (1 / 4, 1 / 3, 1 / 2)
+#: the threshold of the headline number and the flags (the one nearest to it among those given)
+MAIN_THRESHOLD = 1 / 3
+#: samples listed as the closest to a training image
+N_CLOSEST = 10
+#: reference quantile: fraction of samples nearer to train than this quantile of test->train distances
+REFERENCE_QUANTILE = 0.05
+FIGURE = "diagnose.png"
+
+
+def _summary(x) -> dict:
+    x = np.asarray(x, dtype=np.float64)
+    q = np.percentile(x, [5, 25, 50, 75, 95])
+    return {"mean": float(x.mean()), "min": float(x.min()), "q05": float(q[0]), "q25": float(q[1]),
+            "median": float(q[2]), "q75": float(q[3]), "q95": float(q[4]), "max": float(x.max())}
+
+
+def _stats(x: torch.Tensor) -> dict:
+    flat = x.reshape(len(x), -1).to(torch.float64)
+    return {"n": len(x), "shape": list(x.shape[1:]), "mean": float(flat.mean()), "std": float(flat.std()),
+            "min": float(flat.min()), "max": float(flat.max())}
+
+
+def _bootstrap_mean(values: np.ndarray, n_boot: int, level: float, seed) -> dict:
+    """Mean of per-sample values with a percentile bootstrap interval over samples and the SE (ddof = 1)."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    block = max(1, 2**22 // len(values))
+    boot = np.concatenate([values[rng.integers(0, len(values), (min(block, n_boot - b), len(values)))].mean(1)
+                           for b in range(0, n_boot, block)])
+    tail = 50 * (1 - level)
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return {"value": float(values.mean()), "interval": [float(lo), float(hi)], "se": float(boot.std(ddof=1)),
+            "boot_mean": float(boot.mean())}
+
+
+def _ratio(dist: torch.Tensor) -> torch.Tensor:
+    d1, d2 = dist[:, 0], dist[:, 1]
+    return torch.where(d2 > 0, d1 / d2.clamp_min(1e-300), torch.zeros_like(d1))
+
+
+def check_thresholds(thresholds) -> tuple[float, ...]:
+    """Sorted distinct thresholds, each in (0, 1)."""
+    try:
+        values = sorted({float(t) for t in thresholds})
+    except (TypeError, ValueError):
+        raise ConfigError(f"thresholds must be numbers in (0, 1) (got {thresholds!r})") from None
+    if not values or not all(0 < t < 1 for t in values):
+        raise ConfigError(f"thresholds must be one or more numbers in (0, 1) (got {list(thresholds)})")
+    return tuple(values)
+
+
+def threshold_label(t: float) -> str:
+    """'1/3' for a threshold within 1e-4 of 1/k (k = 2..20), else the number."""
+    for k in range(2, 21):
+        if abs(t - 1 / k) < 1e-4:
+            return f"1/{k}"
+    return f"{t:g}"
+
+
+def subsample(x: torch.Tensor, n: int | None, seed: int = 0) -> tuple[torch.Tensor, np.ndarray | None]:
+    """At most ``n`` rows of ``x`` drawn without replacement (seeded), in their original order, and their
+    indices (None when all rows are kept)."""
+    if n is None or n >= len(x):
+        return x, None
+    check_int_at_least("max_samples", n, 1)
+    idx = np.sort(np.random.default_rng([seed, 4]).choice(len(x), n, replace=False))
+    return x[torch.from_numpy(idx)], idx
+
+
+def check_inputs(samples, train, test=None) -> None:
+    """Tensors (n, ...) of finite real values with items of one shape, and at least 2 training points."""
+    parts = {"samples": samples, "train": train} | ({} if test is None else {"test": test})
+    for name, x in parts.items():
+        if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
+            raise ConfigError(f"{name} must be a tensor of shape (n, ...) with n >= 1")
+        if x.is_complex() or not torch.isfinite(x).all():
+            raise ConfigError(f"{name} must hold finite real values")
+    shapes = {name: tuple(x.shape[1:]) for name, x in parts.items()}
+    if len(set(shapes.values())) > 1:
+        got = ", ".join(f"{name} {s}" for name, s in shapes.items())
+        raise ConfigError(f"samples, train and test must have items of one shape (got {got})")
+    if len(train) < 2:
+        raise ConfigError(f"train must hold at least 2 points for the d1/d2 ratio (got {len(train)})")
+
+
+def _scale_mismatch(a: dict, b: dict) -> bool:
+    """Means more than half a standard deviation apart, or standard deviations more than a factor 2 apart."""
+    sd = max(b["std"], 1e-12)
+    return abs(a["mean"] - b["mean"]) > 0.5 * sd or not 0.5 <= a["std"] / sd <= 2.0
+
+
+def diagnose(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor | None = None,
+             thresholds=DEFAULT_THRESHOLDS, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Memorisation diagnostics of ``samples`` (m, ...) against ``train`` (n, ...) and optionally ``test``.
+
+    Returns a JSON-ready dict: inputs, settings, memorization (one entry per threshold), nn_train,
+    closest, split (None without test), flags and per_sample (the distances behind the figure).
+    """
+    check_inputs(samples, train, test)
+    thresholds = check_thresholds(thresholds)
+    n_boot = check_int_at_least("n_boot", n_boot, 10)
+    if not 0 < level < 1:
+        raise ConfigError(f"level must lie in (0, 1) (got {level})")
+    main_t = min(thresholds, key=lambda t: abs(t - MAIN_THRESHOLD))
+    inputs = {"samples": _stats(samples), "train": _stats(train), "test": None if test is None else _stats(test),
+              "dimension": int(np.prod(samples.shape[1:]))}
+
+    dist, idx = nearest_neighbours(samples, train, k=2)  # one search for every threshold
+    ratio = _ratio(dist)
+    memorization = [fraction_with_interval(copies_from_distances(dist, t), t, n_boot, level, seed).to_dict()
+                    for t in thresholds]
+    for entry in memorization:
+        entry["copies"] = int(round(entry["value"] * entry["n_samples"]))
+        entry["interval"] = list(entry["interval"])
+    order = np.lexsort((dist[:, 0].numpy(), ratio.numpy()))[:N_CLOSEST]
+    closest = [{"sample": int(i), "train": int(idx[i, 0]), "d1": float(dist[i, 0]), "ratio": float(ratio[i])}
+               for i in order]
+    nn_train = {"d1": _summary(dist[:, 0]), "d2": _summary(dist[:, 1]), "ratio": _summary(ratio),
+                "exact_copies": int((dist[:, 0] == 0).sum()), "distinct_nearest": int(idx[:, 0].unique().numel())}
+    per_sample = {"d1": dist[:, 0].tolist(), "d2": dist[:, 1].tolist(), "ratio": ratio.tolist()}
+    result = {"inputs": inputs,
+              "settings": {"thresholds": list(thresholds), "main_threshold": main_t, "n_boot": n_boot, "seed": seed,
+                           "level": level, "distance": "L2 on flattened values",
+                           "similarity": "per-image-standardised cosine"},
+              "memorization": memorization, "nn_train": nn_train, "closest": closest, "split": None}
+    if test is not None:
+        result["split"], extra = _split(samples, train, test, dist, thresholds, n_boot, level, seed)
+        per_sample |= extra
+    result["flags"] = _flags(result, main_t)
+    result["per_sample"] = per_sample
+    return result
+
+
+def _split(samples, train, test, dist, thresholds, n_boot, level, seed) -> tuple[dict, dict]:
+    """Samples against test, test against train (reference), and the fair own-versus-other comparison."""
+    d_test = nearest_neighbours(samples, test, k=1)[0][:, 0]
+    ref, _ = nearest_neighbours(test, train, k=2)
+    ref_ratio = _ratio(ref)
+    ref_copies = [{"threshold": t, "copies": int(c.sum()), "value": float(c.double().mean())}
+                  for t in thresholds for c in [copies_from_distances(ref, t)]]
+    cut = float(np.quantile(ref[:, 0].numpy(), REFERENCE_QUANTILE))
+    nearer = _bootstrap_mean((dist[:, 0] < cut).double().numpy(), n_boot, level, [seed, 3])
+    nearer |= {"expected": REFERENCE_QUANTILE, "distance": cut}
+
+    size = min(len(train), len(test))
+    rng = np.random.default_rng([seed, 1])
+    pick = lambda x: x if len(x) == size else x[torch.from_numpy(np.sort(rng.choice(len(x), size, replace=False)))]  # noqa: E731
+    own_set, other_set = pick(train), pick(test)
+    s_own = nearest_neighbours(samples, own_set, k=1, metric="cosine")[0][:, 0]
+    s_other = nearest_neighbours(samples, other_set, k=1, metric="cosine")[0][:, 0]
+    gap = _bootstrap_mean((s_own - s_other).numpy(), n_boot, level, [seed, 2])
+    l2_own = dist[:, 0] if len(own_set) == len(train) else nearest_neighbours(samples, own_set, k=1)[0][:, 0]
+    l2_other = d_test if len(other_set) == len(test) else nearest_neighbours(samples, other_set, k=1)[0][:, 0]
+    closer = ((l2_own < l2_other).double() + 0.5 * (l2_own == l2_other).double()).numpy()
+    closer = _bootstrap_mean(closer, n_boot, level, [seed, 5]) | {"expected": 0.5}
+    split = {"nn_test": {"d1": _summary(d_test)},
+             "reference": {"d1": _summary(ref[:, 0]), "ratio": _summary(ref_ratio), "copies": ref_copies},
+             "nearer_than_reference": nearer,
+             "subset_size": size,
+             "subsampled": None if len(train) == len(test) else ("train" if len(train) > len(test) else "test"),
+             "own": float(s_own.mean()), "other": float(s_other.mean()), "gap": gap, "closer_to_train": closer}
+    extra = {"d_test": d_test.tolist(), "test_d1": ref[:, 0].tolist(), "test_ratio": ref_ratio.tolist(),
+             "similarity_own": s_own.tolist(), "similarity_other": s_other.tolist()}
+    return split, extra
+
+
+def _flags(result: dict, main_t: float) -> list[dict]:
+    """Warnings read off the numbers (id, one-line message)."""
+    flags = []
+    label = threshold_label(main_t)
+    mem = next(m for m in result["memorization"] if m["threshold"] == main_t)
+    n = mem["n_samples"]
+    if mem["copies"]:
+        flags.append({"id": "copies", "message": f"{mem['copies']} of {n} samples ({mem['value']:.2%}) are near-copies "
+                                                 f"of a training image (d1/d2 < {label})"})
+    exact = result["nn_train"]["exact_copies"]
+    if exact:
+        flags.append({"id": "exact_copies", "message": f"{exact} of {n} samples equal a training image exactly"})
+    inputs = result["inputs"]
+    for name in ("samples", "test"):
+        if inputs[name] is not None and _scale_mismatch(inputs[name], inputs["train"]):
+            a, b = inputs[name], inputs["train"]
+            flags.append({"id": f"scale_{name}", "message": (
+                f"{name} and train differ in scale (mean {a['mean']:.3g} vs {b['mean']:.3g}, std {a['std']:.3g} vs "
+                f"{b['std']:.3g}): check that both use the same value range")})
+    split = result["split"]
+    if split is None:
+        return flags
+    ref = next(c for c in split["reference"]["copies"] if c["threshold"] == main_t)
+    if ref["copies"]:
+        flags.append({"id": "test_overlap", "message": (
+            f"{ref['copies']} test images are near-copies of training images (d1/d2 < {label}): train and test "
+            f"overlap, so copies among samples may be duplicates in the data")})
+    gap, closer = split["gap"], split["closer_to_train"]
+    sizes = f"equal-sized sets of {split['subset_size']}"
+    if gap["interval"][0] > 0:
+        flags.append({"id": "closer_to_train", "message": (
+            f"samples are closer to train than to test: NN similarity gap {gap['value']:.3g} "
+            f"[{gap['interval'][0]:.3g}, {gap['interval'][1]:.3g}] ({sizes}); "
+            f"{closer['value']:.0%} of samples are nearer (L2) to train")})
+    elif gap["interval"][1] < 0:
+        flags.append({"id": "closer_to_test", "message": (
+            f"samples are closer to test than to train: NN similarity gap {gap['value']:.3g} "
+            f"[{gap['interval'][0]:.3g}, {gap['interval'][1]:.3g}] ({sizes}); check that train and test are not "
+            f"swapped")})
+    nearer = split["nearer_than_reference"]
+    if nearer["interval"][0] > REFERENCE_QUANTILE:
+        flags.append({"id": "nearer_than_novel", "message": (
+            f"{nearer['value']:.1%} of samples are nearer to train than {1 - REFERENCE_QUANTILE:.0%} of test images "
+            f"are (expected {REFERENCE_QUANTILE:.0%} for novel samples)")})
+    return flags
+
+
+def write_diagnosis(out_dir: str | Path, result: dict, config: dict) -> dict[str, Path]:
+    """results.json (result and environment), report.md, run.json (config and environment) and the figure,
+    each written atomically; returns the paths by role."""
+    from easyhard.report.diagnose import diagnosis_figure, render_diagnosis
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment_info()
+    return {"figure": atomic_write_bytes(out / FIGURE, diagnosis_figure(result)),
+            "results": atomic_write_json(out / "results.json", {**result, "environment": env}),
+            "run": atomic_write_json(out / "run.json", {"config": config, **env}),
+            "report": atomic_write_text(out / "report.md", render_diagnosis(result, FIGURE))}

@@ -1,0 +1,571 @@
+"""Memorisation and biased generalisation: the sample-split protocol over training time
+(generalization.md sections 2-7 and its CPU demonstration).
+
+For every seed and training-set size n, K disjoint splits of n points are drawn and one denoiser is
+trained per split with identical settings. All models of all seeds and sizes form one ensemble
+(:class:`~easyhard.models.EnsembleMLP`), member e = (seed, n, split), trained in one loop. Each model
+centres its data by its split's mean; every measurement below is made in the raw data space, where
+model e's denoiser is eps_e(x_t, i) = net_e(x_t - a_i m_e, i).
+
+At every checkpoint (fixed inputs and noise, shared by all checkpoints and models):
+
+- eps-loss per noise level on held-out test points and on each model's own training points (their
+  difference is the train/test gap), and the distance of each model's denoiser to the empirical-optimal
+  denoiser of its split and to the exact denoiser of the data law (Gaussian mixture only);
+- ``mem_samples`` DDIM samples per model from shared initial noise: the memorisation fraction f_mem
+  (d1/d2 < k against the model's own split, for several k) and a quality measure that tells good
+  samples from copies (Gaussian mixture: the k-NN estimate of KL(samples || data law), which uses the
+  exact log-density and becomes large when samples collapse on training points);
+- ``split_samples`` samples per model from the coupled ancestral sampler (shared initial and per-step
+  noise): the cross-split similarity S_AB = mean_j Pearson(x_A^j, x_B^j) for every pair of splits, its
+  noise floor (the same model under independent noise), and the own- minus other-split nearest-neighbour
+  similarity Delta_NN;
+- the denoiser similarity between split models at a fixed index on training versus test inputs (B_score).
+
+Analysis: tau_mem (first checkpoint with f_mem >= ``mem_level``) per model and its power law in n
+(Kaplan-Meier medians over replicates, bootstrap interval); tau_gen (first checkpoint within a
+tolerance of the best quality); per seed and n the test-loss minimum tau_loss and the cross-split
+similarity peak tau_split (searched among checkpoints whose test loss has fallen at least
+``peak_fraction`` of the way to its minimum, since shared noise alone makes untrained models similar).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
+from easyhard.diffusion import DDPMSchedule
+from easyhard.diffusion.samplers import SamplerNoise, sample
+from easyhard.metrics.images import fixed_noise
+from easyhard.train.ensemble import EnsembleTrainConfig, Splits
+
+DATA = ("mixture", "patches", "cifar10")
+RECORDS_FILE = "records.json"
+
+
+@dataclass(frozen=True)
+class MemorizationConfig:
+    """Settings of ``reproduce memorization``; defaults: the CPU demonstration of generalization.md.
+
+    Data: ``data`` "mixture" (Gaussian mixture in dimension d with ``components`` equal-weight components,
+    power-law spectra, standardised), "patches" (embedded image patches, flattened) or "cifar10" (from
+    ``data_dir``). ns: training-set sizes; splits: K disjoint splits per n; seeds: independent repetitions.
+    Model: ensemble MLP (width, depth, time_dim). Training: ``train``. Evaluation: see the module docstring.
+    """
+
+    data: str = "mixture"
+    data_dir: str | None = None
+    d: int = 16
+    components: int = 8
+    spectrum_power: float = 1.0
+    mean_variance: float = 0.25
+    data_seed: int = 0
+    patch_size: int = 8
+    ns: tuple[int, ...] = (8, 16, 32, 64)
+    fit_min_n: int = 16
+    splits: int = 4
+    seeds: int = 4
+    n_test: int = 4000
+    width: int = 128
+    depth: int = 3
+    time_dim: int = 32
+    train: EnsembleTrainConfig = field(default_factory=EnsembleTrainConfig)
+    T: int = 1000
+    loss_levels: int = 20
+    loss_test: int = 400
+    loss_train: int = 256
+    mem_samples: int = 400
+    mem_steps: int = 40
+    split_samples: int = 256
+    split_steps: int = 40
+    thresholds: tuple[float, ...] = (1 / 4, 1 / 3, 1 / 2)
+    threshold: float = 1 / 3
+    mem_level: float = 0.01
+    score_index: int = 100
+    score_inputs: int = 256
+    peak_fraction: float = 0.75
+    gen_tolerance: float = 0.1
+    device: str = "cpu"
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        check_choice("data", self.data, DATA)
+        if self.data == "cifar10" and self.data_dir is None:
+            raise ConfigError("data cifar10 needs --data-dir (the CIFAR-10 Python batches)")
+        for name in ("d", "components", "splits", "seeds", "n_test", "width", "depth", "T", "loss_levels",
+                     "loss_test", "loss_train", "mem_samples", "mem_steps", "split_samples", "split_steps",
+                     "score_inputs", "threads"):
+            check_int_at_least(name, getattr(self, name), 2 if name in ("splits", "mem_steps", "split_steps") else 1)
+        if len(self.ns) < 1 or any(int(n) < 2 for n in self.ns) or list(self.ns) != sorted(set(self.ns)):
+            raise ConfigError(f"ns must be increasing sizes >= 2 (got {self.ns})")
+        if sum(n >= self.fit_min_n for n in self.ns) < 2:
+            raise ConfigError(f"at least two of ns = {self.ns} must be >= fit_min_n = {self.fit_min_n}")
+        if not 0 < self.threshold < 1 or any(not 0 < k < 1 for k in self.thresholds):
+            raise ConfigError(f"threshold and thresholds must lie in (0, 1) (got {self.threshold}, {self.thresholds})")
+        if self.threshold not in self.thresholds:
+            raise ConfigError(f"threshold {self.threshold} must be one of thresholds {self.thresholds}")
+        if not 0 < self.mem_level < 1 or not 0 < self.peak_fraction < 1:
+            raise ConfigError("mem_level and peak_fraction must lie in (0, 1)")
+        if not 0 <= self.score_index < self.T:
+            raise ConfigError(f"score_index must lie in [0, {self.T - 1}] (got {self.score_index})")
+        check_positive("gen_tolerance", self.gen_tolerance)
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", EnsembleTrainConfig(**self.train))
+
+    @property
+    def members(self) -> int:
+        return self.seeds * len(self.ns) * self.splits
+
+    def member(self, seed: int, n_pos: int, split: int) -> int:
+        """Ensemble index of (seed, position of n in ns, split)."""
+        return (seed * len(self.ns) + n_pos) * self.splits + split
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+QUICK = MemorizationConfig()
+SMOKE = MemorizationConfig(ns=(8, 16, 32), seeds=2, splits=2, n_test=400, width=32, depth=2, loss_levels=4,
+                           loss_test=64, loss_train=32, mem_samples=64, mem_steps=6, split_samples=32, split_steps=6,
+                           score_inputs=32, train=EnsembleTrainConfig(steps=120, checkpoints=5, first=10))
+
+
+def profile(name: str) -> MemorizationConfig:
+    """The named settings: "quick" (CPU demonstration), "smoke" (tests) or "full" (image patches, one GPU)."""
+    check_choice("profile", name, ("quick", "smoke", "full"))
+    if name == "full":
+        return MemorizationConfig(data="patches", ns=(64, 128, 256, 512, 1024), fit_min_n=64, width=512, depth=4,
+                                  n_test=8000, mem_samples=2000, split_samples=512, device="cuda",
+                                  train=EnsembleTrainConfig(steps=100_000, batch_size=256, lr=3e-4, checkpoints=40))
+    return QUICK if name == "quick" else SMOKE
+
+
+# ================================================================================================= data
+@dataclass(frozen=True)
+class Problem:
+    """The data of one experiment: per-member splits (raw space), the held-out test set, and, for the
+    Gaussian mixture, the data law (``law``: log-density and exact denoiser)."""
+
+    splits: Splits
+    test: Tensor
+    law: object | None
+
+
+def _image_pool(config: MemorizationConfig) -> tuple[Tensor, Tensor]:
+    from easyhard.data import embedded_patches, load_cifar10
+
+    if config.data == "patches":
+        train = embedded_patches("train", size=config.patch_size)
+        test = embedded_patches("test", size=config.patch_size)
+    else:
+        train, test = (load_cifar10(config.data_dir, split)[0] for split in ("train", "test"))
+    return train.reshape(len(train), -1).float(), test.reshape(len(test), -1).float()
+
+
+def make_problem(config: MemorizationConfig) -> Problem:
+    """Draw every split (disjoint within and across seeds) and the test set."""
+    need = config.seeds * config.splits * sum(config.ns)
+    if config.data == "mixture":
+        from easyhard.data.mixture import random_mixture
+
+        law = random_mixture(config.d, config.components, config.spectrum_power, config.mean_variance,
+                             seed=config.data_seed)
+        gen = torch.Generator().manual_seed(config.data_seed + 1)
+        pool = law.sample(need, gen).float()
+        test = law.sample(config.n_test, gen).float()
+    else:
+        law = None
+        train, test = _image_pool(config)
+        if need > len(train):
+            raise ConfigError(f"the splits need {need} training images but the data set has {len(train)}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.data_seed))
+        pool = train[order[:need]]
+        test = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(config.data_seed + 1))
+                    [:config.n_test]]
+    sizes = [n for _ in range(config.seeds) for n in config.ns for _ in range(config.splits)]
+    return Problem(Splits.stack(list(torch.split(pool, sizes))), test, law)
+
+
+# =========================================================================================== evaluation
+@dataclass(frozen=True)
+class Probe:
+    """Fixed evaluation inputs, shared by every checkpoint (common random numbers).
+
+    levels: (L,) step indices; test_x (L*Nt, d) with test_eps and test_i; train_x (E, L*Nr, d) with
+    train_eps and train_i (per member, its own split); emp_x0 (E, L*Nt, d): the empirical-optimal
+    denoiser of each member's split on the test inputs; exact_x0 (L*Nt, d) or None: the data law's
+    denoiser; mem_noise, split_noise, floor_noise: sampler noises; score inputs at ``score_index``.
+    """
+
+    levels: Tensor
+    test_x: Tensor
+    test_eps: Tensor
+    test_i: Tensor
+    train_x: Tensor
+    train_eps: Tensor
+    train_i: Tensor
+    emp_x0: Tensor
+    exact_x0: Tensor | None
+    mem_noise: SamplerNoise
+    split_noise: SamplerNoise
+    floor_noise: SamplerNoise
+    score_train: Tensor
+    score_test: Tensor
+
+
+def _noised(x0: Tensor, levels: Tensor, schedule: DDPMSchedule, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_t, eps, i) for every point of x0 (..., n, d) at every level: shapes (..., L*n, d), (..., L*n, d), (L*n,)."""
+    n, d = x0.shape[-2:]
+    xs, es = [], []
+    for level in levels.tolist():
+        a, s = schedule.coefficients(level)
+        eps = fixed_noise(int(np.prod(x0.shape[:-1])), d, level, seed).reshape(x0.shape).to(x0.dtype)
+        xs.append(a * x0 + s * eps)
+        es.append(eps)
+    return torch.cat(xs, -2), torch.cat(es, -2), levels.repeat_interleave(n)
+
+
+def make_probe(config: MemorizationConfig, problem: Problem, schedule: DDPMSchedule) -> Probe:
+    """Build the fixed evaluation inputs and the reference denoisers (computed once)."""
+    from easyhard.oracles.empirical import empirical_denoiser
+
+    L, splits = config.loss_levels, problem.splits
+    levels = torch.tensor([int((j + 0.5) * config.T / L) for j in range(L)])
+    test0 = problem.test[:config.loss_test]
+    test_x, test_eps, test_i = _noised(test0, levels, schedule, seed=11)
+    # each member's own points, repeated to loss_train per level
+    reps = torch.arange(config.loss_train)
+    own = torch.stack([splits.data[e, reps % splits.counts[e]] for e in range(len(splits.counts))])
+    train_x, train_eps, train_i = _noised(own, levels, schedule, seed=12)
+    a, s = (c.to(torch.float64)[:, None] for c in schedule.coefficients(test_i))
+    emp = torch.stack([empirical_denoiser(test_x.double(), splits.member(e).double(), a[:, 0], s[:, 0]).float()
+                       for e in range(len(splits.counts))])
+    exact = None
+    if problem.law is not None:
+        exact = torch.cat([problem.law.posterior_mean(test_x[test_i == lv].double(), *schedule.coefficients(int(lv)))
+                           for lv in levels]).float()
+    gen = torch.Generator().manual_seed(13)
+    d = problem.test.shape[1]
+    mem_noise = SamplerNoise.draw((config.mem_samples, d), gen)
+    split_noise = SamplerNoise.draw((config.split_samples, d), gen)
+    floor_noise = SamplerNoise.draw((config.split_samples, d), gen)
+    a_i, s_i = schedule.coefficients(config.score_index)
+    own_score = torch.stack([splits.data[e, torch.arange(config.score_inputs) % splits.counts[e]]
+                             for e in range(len(splits.counts))])
+    score_train = a_i * own_score + s_i * fixed_noise(own_score.numel() // d, d, config.score_index, 14
+                                                      ).reshape(own_score.shape).float()
+    test_s = problem.test[-config.score_inputs:]
+    score_test = a_i * test_s + s_i * fixed_noise(len(test_s), d, config.score_index, 15).float()
+    return Probe(levels, test_x, test_eps, test_i, train_x, train_eps, train_i, emp, exact, mem_noise, split_noise,
+                 floor_noise, score_train, score_test)
+
+
+def raw_denoiser(model: torch.nn.Module, centres: Tensor, schedule: DDPMSchedule,
+                 chunk: int = 2048) -> Callable[[Tensor, int | Tensor], Tensor]:
+    """eps_e(x_t, i) = net_e(x_t - a_i m_e, i) for x_t (E, B, d) in raw space; i an int or (B,) indices.
+    Evaluated ``chunk`` inputs at a time, without gradients."""
+
+    @torch.no_grad()
+    def eps(x_t: Tensor, i: int | Tensor) -> Tensor:
+        a, _ = schedule.coefficients(i)
+        a = a.to(x_t.dtype)[:, None] if isinstance(a, Tensor) else a
+        out = []
+        for start in range(0, x_t.shape[1], chunk):
+            stop = start + chunk
+            a_c = a[start:stop] if isinstance(a, Tensor) else a
+            i_c = i[start:stop] if isinstance(i, Tensor) else i
+            out.append(model(x_t[:, start:stop] - a_c * centres, i_c, schedule))
+        return torch.cat(out, 1)
+
+    return eps
+
+
+def _pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample Pearson correlation over the last axis (the standardised cosine): shapes (..., d) -> (...)."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+
+
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+
+
+def _copies(samples: Tensor, splits: Splits, config: MemorizationConfig) -> tuple[Tensor, Tensor]:
+    """Copies per member and threshold (E, len(thresholds)) and the median nearest-neighbour distance (E,) of
+    samples (E, M, d) to each member's own split; members of equal n are searched together (exact distances)."""
+    from easyhard.metrics.memorization import copies_from_distances
+
+    E = len(splits.counts)
+    copies = torch.zeros(E, len(config.thresholds), dtype=torch.long)
+    nearest = torch.zeros(E)
+    for n in splits.counts.unique().tolist():
+        ids = torch.nonzero(splits.counts == n)[:, 0]
+        dist = torch.cdist(samples[ids].double(), splits.data[ids, :n].double(),
+                           compute_mode="donot_use_mm_for_euclid_dist")
+        two = dist.topk(min(2, n), dim=-1, largest=False).values  # (members, M, 2), ascending
+        for t, k in enumerate(config.thresholds):
+            copies[ids, t] = torch.stack([copies_from_distances(row, k).sum() for row in two])
+        nearest[ids] = two[..., 0].median(-1).values.float()
+    return copies, nearest
+
+
+def _nearest_similarity(samples: Tensor, data: Tensor) -> Tensor:
+    """s[a, b, j] = max_y cos(phi(x_a^j), phi(y)) over the split y in data[b]: samples (K, M, d) of the K models of
+    one group, data (K, n, d) their splits; phi = per-sample standardisation (generalization.md section 5)."""
+    from easyhard.metrics.memorization import standardize
+
+    K, M, d = samples.shape
+    x = standardize(samples.reshape(-1, d)).reshape(K, M, d)
+    y = standardize(data.reshape(-1, d)).reshape(K, -1, d)
+    return torch.einsum("amd,bnd->abmn", x, y).amax(-1)
+
+
+def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Problem, probe: Probe,
+             schedule: DDPMSchedule) -> dict[str, list]:
+    """Every measurement of one checkpoint (module docstring); arrays as nested lists, leading axis E or
+    the (seed, n, pair) layout for pairwise statistics."""
+    splits = problem.splits
+    E, d = len(splits.counts), probe.test_x.shape[1]
+    centres = torch.stack([splits.member(e).mean(0) for e in range(E)])[:, None, :]
+    eps = raw_denoiser(model, centres, schedule)
+    L = len(probe.levels)
+    # losses per level and distances to the reference denoisers
+    test_x = probe.test_x.expand(E, -1, -1)
+    eps_test = eps(test_x, probe.test_i)
+    test_loss = ((eps_test - probe.test_eps) ** 2).mean(-1).reshape(E, L, -1).mean(-1)
+    train_loss = ((eps(probe.train_x, probe.train_i) - probe.train_eps) ** 2).mean(-1).reshape(E, L, -1).mean(-1)
+    a, s = (c.float()[:, None] for c in schedule.coefficients(probe.test_i))
+    model_x0 = (test_x - s * eps_test) / a
+
+    def rel_dist(ref: Tensor) -> Tensor:
+        return (((model_x0 - ref) ** 2).sum(-1).reshape(E, L, -1).sum(-1)
+                / (ref**2).sum(-1).reshape(-1, L, probe.test_x.shape[0] // L).sum(-1).clamp_min(1e-30))
+
+    out = {"test_loss": test_loss, "train_loss": train_loss, "emp_distance": rel_dist(probe.emp_x0)}
+    if probe.exact_x0 is not None:
+        out["exact_distance"] = rel_dist(probe.exact_x0)
+    # memorisation and sample quality from DDIM samples with shared initial noise
+    mem = sample(eps, schedule, (E, config.mem_samples, d), method="ddim", steps=config.mem_steps, heun=False,
+                 clip_x0=None, noise=probe.mem_noise).cpu()
+    out["copies"], out["nn_distance"] = _copies(mem, splits, config)
+    if problem.law is not None:
+        from easyhard.metrics.quality import knn_entropy
+
+        log_p = problem.law.log_prob(mem.reshape(-1, d).double()).reshape(E, -1).mean(-1)
+        entropy = torch.tensor([knn_entropy(mem[e].double()) for e in range(E)], dtype=torch.float64)
+        out["kl"] = torch.where(torch.isinf(entropy), torch.inf, -entropy - log_p)  # k-NN estimate of KL(q || p)
+        out["log_likelihood"] = log_p
+    # coupled ancestral samples: cross-split similarity, its noise floor, own- vs other-split similarity
+    shape = (E, config.split_samples, d)
+    coupled = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,
+                     noise=probe.split_noise)
+    independent = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,
+                         noise=probe.floor_noise)
+    out["floor"] = _pearson(coupled, independent).mean(-1)
+    pairs = list(itertools.combinations(range(config.splits), 2))
+    groups = [[config.member(seed, n_pos, k) for k in range(config.splits)]
+              for seed in range(config.seeds) for n_pos in range(len(config.ns))]
+    # denoiser similarity at a fixed index: every member on all training inputs of its group (A's inputs are
+    # seen by A only) and on shared test inputs
+    group_inputs = torch.stack([torch.cat([probe.score_train[m] for m in ids]) for ids in groups])  # (G, K*S, d)
+    member_group = torch.tensor([g for g, ids in enumerate(groups) for _ in ids])
+    eps_train = eps(group_inputs[member_group], config.score_index).reshape(E, config.splits, -1, d)
+    eps_score_test = eps(probe.score_test.expand(E, -1, -1), config.score_index)
+    similarity, delta_nn, s_train, s_test = [], [], [], []
+    for ids in groups:
+        similarity.append([float(_pearson(coupled[ids[i]], coupled[ids[j]]).mean()) for i, j in pairs])
+        nn_sim = _nearest_similarity(coupled[ids], splits.data[ids, :int(splits.counts[ids[0]])])  # (K, K, M)
+        delta_nn.append(float(np.mean([float((nn_sim[i, i] - nn_sim[i, j]).mean())
+                                       for i in range(config.splits) for j in range(config.splits) if i != j])))
+        ordered = [(i, j) for i in range(config.splits) for j in range(config.splits) if i != j]
+        s_train.append(float(np.mean([float(_cosine(eps_train[ids[i], i], eps_train[ids[j], i]).mean())
+                                      for i, j in ordered])))
+        s_test.append(float(np.mean([float(_cosine(eps_score_test[ids[i]], eps_score_test[ids[j]]).mean())
+                                     for i, j in ordered])))
+    out["similarity"] = torch.tensor(similarity).reshape(config.seeds, len(config.ns), len(pairs))
+    out["delta_nn"] = torch.tensor(delta_nn).reshape(config.seeds, len(config.ns))
+    out["score_train"] = torch.tensor(s_train).reshape(config.seeds, len(config.ns))
+    out["score_test"] = torch.tensor(s_test).reshape(config.seeds, len(config.ns))
+    return {k: v.tolist() for k, v in out.items()}
+
+
+# ============================================================================================ running
+def _centred(splits: Splits) -> tuple[Splits, Tensor]:
+    """Each member's split minus its own mean (the model's coordinates) and the means (E, 1, d)."""
+    centres = torch.stack([splits.member(e).mean(0) for e in range(len(splits.counts))])[:, None, :]
+    return Splits(splits.data - centres, splits.counts), centres
+
+
+def run_memorization(config: MemorizationConfig, out_dir: str | Path,
+                     progress: Callable[[int], None] | None = None) -> dict:
+    """Train the ensemble with measurements at every checkpoint, then analyse (:func:`analyse`).
+
+    Output folder: config.json, records.json (one entry per checkpoint, written atomically after each) and
+    the training state; a rerun with the same config resumes from the last checkpoint, and a finished
+    run is only re-analysed.
+    """
+    from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
+    from easyhard.runs import atomic_write_json
+    from easyhard.train.ensemble import STATE_FILE, train_ensemble
+
+    torch.set_num_threads(config.threads)
+    torch.set_flush_denormal(True)  # denormals slow late training ~10x on CPU (generalization.md, pitfalls)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_json = json.loads(json.dumps(config.to_dict()))
+    config_path, records_path = out / "config.json", out / RECORDS_FILE
+    resume = (out / STATE_FILE).exists()
+    if resume and json.loads(config_path.read_text()) != config_json:
+        raise ConfigError(f"{out} holds a run with another config; use a new --out")
+    atomic_write_json(config_path, config_json)
+    records: list[dict] = json.loads(records_path.read_text()) if resume and records_path.exists() else []
+    schedule = DDPMSchedule(T=config.T)
+    problem = make_problem(config)
+    probe = make_probe(config, problem, schedule)
+    model = EnsembleMLP(EnsembleConfig(config.members, problem.test.shape[1], config.width, config.depth,
+                                       config.time_dim), torch.Generator().manual_seed(config.train.seed + 1))
+    train_splits, _ = _centred(problem.splits)
+
+    def on_checkpoint(step: int, net: torch.nn.Module) -> None:
+        records[:] = [r for r in records if r["step"] < step]
+        records.append({"step": step, **evaluate(net, config, problem, probe, schedule)})
+        atomic_write_json(records_path, records)
+
+    if resume:
+        from easyhard.runs.io import load_tensors
+
+        _, meta = load_tensors(out / STATE_FILE)
+        done = int(meta["step"])
+        records[:] = [r for r in records if r["step"] <= done]
+        if progress is not None:
+            progress(done)
+    if not resume or done < config.train.steps:
+        train_ensemble(model, train_splits, schedule, config.train, out, resume=resume, on_checkpoint=on_checkpoint,
+                       progress=progress)
+    return analyse(config, records)
+
+
+# ============================================================================================ analysis
+def _bootstrap_slope_difference(ns: np.ndarray, late: np.ndarray, early: np.ndarray, n_boot: int = 1000,
+                                seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """slope(late) - slope(early) of log tau against log n, with a percentile interval over resampled
+    seeds; late, early: (seeds, len(ns)) steps."""
+    from easyhard.metrics.generalization import log_slope
+
+    def diff(rows: np.ndarray) -> float:
+        return log_slope(ns, late[rows].T) - log_slope(ns, early[rows].T)
+
+    rng = np.random.default_rng(seed)
+    boots = [diff(rng.integers(0, len(late), len(late))) for _ in range(n_boot)]
+    return diff(np.arange(len(late))), tuple(float(x) for x in np.percentile(boots, [2.5, 97.5]))
+
+
+def analyse(config: MemorizationConfig, records: list[dict]) -> dict:
+    """Timescales, fits and checks from the per-checkpoint records (module docstring)."""
+    from easyhard.metrics.generalization import extremum_step, first_crossing, first_near_best, log_slope
+    from easyhard.metrics.scaling import bootstrap_scaling, km_median
+
+    if len(records) < 2:
+        raise ConfigError(f"the analysis needs at least two checkpoints (got {len(records)})")
+    S, N, K = config.seeds, len(config.ns), config.splits
+    steps = np.array([r["step"] for r in records])
+    arr = {k: np.array([r[k] for r in records]) for k in records[0] if k != "step"}  # leading axis: checkpoint
+    ns = np.array(config.ns)
+    fit_pos = [j for j, n in enumerate(config.ns) if n >= config.fit_min_n]
+
+    def per_n(x: np.ndarray) -> np.ndarray:
+        """(E, ...) -> (seeds, n, splits, ...)."""
+        return x.reshape(S, N, K, *x.shape[1:])
+
+    # memorisation: f_mem per member, threshold and checkpoint; onsets tau_mem
+    fmem = np.moveaxis(arr["copies"], 0, -1) / config.mem_samples  # (E, n_thr, C)
+    tau_mem = {k: first_crossing(steps, fmem[:, t], config.mem_level) for t, k in enumerate(config.thresholds)}
+    main = config.thresholds.index(config.threshold)
+    first_copy = first_crossing(steps, fmem[:, main], 0.5 / config.mem_samples)
+    fits = {}
+    for k, taus in list(tau_mem.items()) + [("first copy", first_copy)]:
+        by_n = {int(config.ns[j]): per_n(taus)[:, j].ravel() for j in fit_pos}
+        try:
+            fits[str(k)] = bootstrap_scaling(by_n, seed=config.data_seed).to_dict()
+        except ConfigError as err:
+            fits[str(k)] = {"error": str(err)}
+    tau_main = per_n(tau_mem[config.threshold])  # (S, N, K)
+    # test loss, cross-split similarity and the extrema per seed and n
+    test_loss = per_n(arr["test_loss"].mean(-1).T)  # (S, N, K, C)
+    loss = np.median(test_loss, axis=2)  # (S, N, C)
+    similarity = np.moveaxis(np.median(arr["similarity"], axis=-1), 0, -1)  # (S, N, C)
+    floor = np.median(per_n(arr["floor"].T), axis=2)  # (S, N, C)
+    drop = (loss[..., :1] - loss) / np.maximum(loss[..., :1] - loss.min(-1, keepdims=True), 1e-30)
+    loss_pos, tau_loss = extremum_step(steps, loss)
+    split_pos, tau_split = extremum_step(steps, similarity, maximum=True, eligible=drop >= config.peak_fraction)
+    peak = np.take_along_axis(similarity, split_pos[..., None], -1)[..., 0]
+    peak_floor = np.take_along_axis(floor, split_pos[..., None], -1)[..., 0]
+    lead = loss_pos - split_pos
+    slopes = {"tau_loss": log_slope(ns[fit_pos], tau_loss[:, fit_pos].T),
+              "tau_split": log_slope(ns[fit_pos], tau_split[:, fit_pos].T)}
+    window, window_ci = _bootstrap_slope_difference(ns[fit_pos], tau_loss[:, fit_pos], tau_split[:, fit_pos])
+    result = {
+        "steps": steps.tolist(), "ns": list(config.ns), "fit_ns": [int(ns[j]) for j in fit_pos],
+        "f_mem": per_n(fmem).tolist(),
+        "tau_mem": {str(k): per_n(v).tolist() for k, v in tau_mem.items()},
+        "tau_mem_median": {str(k): [km_median(per_n(v)[:, j].ravel()) for j in range(N)] for k, v in tau_mem.items()},
+        "fits": fits,
+        "test_loss": loss.tolist(), "similarity": similarity.tolist(), "floor": floor.tolist(),
+        "tau_loss": tau_loss.tolist(), "tau_split": tau_split.tolist(), "lead_checkpoints": lead.tolist(),
+        "peak": peak.tolist(), "peak_floor": peak_floor.tolist(), "slopes": slopes,
+        "window_slope": window, "window_slope_interval": window_ci,
+        "loss_gap": np.median(per_n(np.moveaxis(arr["test_loss"] - arr["train_loss"], 0, -1)), 2).tolist(),
+        "levels": [int((j + 0.5) * config.T / config.loss_levels) for j in range(config.loss_levels)],
+        "emp_distance": np.median(per_n(np.moveaxis(arr["emp_distance"], 0, -1)), 2).tolist(),
+        "delta_nn": np.moveaxis(arr["delta_nn"], 0, -1).tolist(),
+        "score_bias": np.moveaxis(arr["score_test"] - arr["score_train"], 0, -1).tolist(),
+        "copies_at_loss_min": np.take_along_axis(per_n(np.moveaxis(arr["copies"][..., main], 0, -1)),
+                                                 loss_pos[:, :, None, None], -1)[..., 0].tolist(),
+    }
+    if "exact_distance" in arr:
+        result["exact_distance"] = np.median(per_n(np.moveaxis(arr["exact_distance"], 0, -1)), 2).tolist()
+    if "kl" in arr:
+        kl = arr["kl"].T  # (E, C)
+        tau_gen = per_n(first_near_best(steps, np.where(np.isfinite(kl), kl, np.inf), config.gen_tolerance))
+        result.update(kl=per_n(kl).tolist(), tau_gen=tau_gen.tolist(),
+                      tau_gen_median=[float(np.median(tau_gen[:, j])) for j in range(N)])
+        slopes["tau_gen"] = log_slope(ns[fit_pos], tau_gen[:, fit_pos].reshape(-1, len(fit_pos)).T)
+    result["checks"] = _checks(config, result, tau_main, fit_pos)
+    return result
+
+
+def _checks(config: MemorizationConfig, result: dict, tau_main: np.ndarray, fit_pos: list[int]) -> dict:
+    """The quick-mode criteria of generalization.md (last section), each {"value", "criterion", "passed"}."""
+    fit = result["fits"][str(config.threshold)]
+    finite = [float((tau_main[:, j] >= 0).mean()) for j in fit_pos]
+    medians = [result["tau_mem_median"][str(config.threshold)][j] for j in fit_pos]
+    others = [result["fits"][str(k)].get("kappa") for k in config.thresholds if k != config.threshold]
+    spread = max(abs(o - fit["kappa"]) for o in others) if "kappa" in fit and None not in others else float("inf")
+    top = fit_pos[-2:]
+    lead = np.array(result["lead_checkpoints"])[:, top]
+    height = (np.array(result["peak"]) - np.array(result["peak_floor"]))[:, top]
+    checks = {
+        "tau_mem_finite": (finite, ">= 0.75 of replicates at every fitted n", min(finite) >= 0.75),
+        "tau_mem_increasing": (medians, "Kaplan-Meier medians increasing in n",
+                               bool(np.all(np.diff(medians) > 0) and np.isfinite(medians).all())),
+        "tau_mem_slope": ([fit.get("kappa"), *fit.get("interval", [None, None])],
+                          "slope in [0.8, 1.8] and interval lower bound > 0.5",
+                          "kappa" in fit and 0.8 <= fit["kappa"] <= 1.8 and fit["interval"][0] > 0.5),
+        "slope_robust_to_threshold": (spread, "|slope(k) - slope(1/3)| <= 0.3 for k = 1/4, 1/2", spread <= 0.3),
+        "split_peak_before_loss_min": (lead.tolist(), ">= 2 checkpoints for the two largest n in every seed",
+                                       bool((lead >= 2).all())),
+        "split_peak_above_floor": (height.tolist(), ">= 0.5 above the independent-noise floor",
+                                   bool((height >= 0.5).all())),
+        "window_widens": ([result["window_slope"], *result["window_slope_interval"]],
+                          "slope(tau_loss) - slope(tau_split) >= 0.5", result["window_slope"] >= 0.5),
+    }
+    return {k: {"value": v, "criterion": c, "passed": bool(p)} for k, (v, c, p) in checks.items()}
