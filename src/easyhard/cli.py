@@ -348,6 +348,53 @@ def images(profile, out_dir, data_dir, data_kind, compile_, steps, seeds, worker
            images=results)
 
 
+@reproduce.command()
+@click.option("--quick", "profile", flag_value="quick", default=True,
+              help="Gaussian mixture in d = 16, n = 8..64, 4 splits x 4 seeds, CPU, < 10 min (default)")
+@click.option("--full", "profile", flag_value="full", help="embedded image patches, n = 64..1024 (meant for a GPU)")
+@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data", "data_kind", default=None, help="mixture, patches or cifar10 [default: the profile's]")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="CIFAR-10 Python batches")
+@click.option("--steps", type=int, default=None, help="training steps [default: the profile's]")
+@click.option("--seeds", type=int, default=None, help="seeds per n [default: the profile's]")
+@click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]")
+def memorization(profile, out_dir, data_kind, data_dir, steps, seeds, device):
+    """Memorisation onset tau_mem against n, and the sample-split peak before the test-loss minimum.
+
+    The run lives in OUT/memorization (training state and per-checkpoint records): an interrupted run
+    resumes from its last checkpoint, and a finished one is only re-analysed.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from easyhard.experiments.memorization import profile as memorization_profile
+    from easyhard.experiments.memorization import run_memorization
+
+    start = time.perf_counter()
+    config = memorization_profile(profile)
+    overrides = {"device": device or ("cuda" if config.device == "cuda" and torch.cuda.is_available() else "cpu")}
+    if data_kind is not None:
+        overrides["data"] = data_kind
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if seeds is not None:
+        overrides["seeds"] = seeds
+    if steps is not None:
+        overrides["train"] = dataclasses.replace(config.train, steps=steps)
+    config = dataclasses.replace(config, **overrides)
+    with click.progressbar(length=config.train.steps, label="memorization (ensemble training)", file=sys.stderr) as bar:
+        results = run_memorization(config, Path(out_dir) / "memorization", progress=bar.update)
+    for name, check in results["checks"].items():
+        click.echo(f"{name}: {'pass' if check['passed'] else 'FAIL'} ({check['criterion']})")
+    fit = results["fits"][str(config.threshold)]
+    if "kappa" in fit:
+        click.echo("tau_mem ~ n^{:.2f} [{:.2f}, {:.2f}]".format(fit["kappa"], *fit["interval"]))
+    click.echo(f"memorization checks pass: {all(c['passed'] for c in results['checks'].values())}")
+    _write(out_dir, {"command": "reproduce memorization", "profile": profile, "memorization": config.to_dict()}, start,
+           memorization={**results, "config": config.to_dict()})
+
+
 class _SweepFailed(Exception):
     """Some runs of a sweep failed: reported after the summary, exit code 1."""
 

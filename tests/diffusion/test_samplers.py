@@ -172,3 +172,21 @@ def test_generator_path_is_reproducible_and_shape_checked(gaussian):
         sample(den, schedule, (5, D), noise=noise)
     with pytest.raises(ConfigError, match="method"):
         sample(den, schedule, (4, D), method="euler", noise=noise)
+
+
+@pytest.mark.parametrize("method", ["ddim", "ancestral"])
+def test_noise_is_shared_across_a_leading_ensemble_axis(method):
+    """Noise of shape (B, d) drives every member of an (E, B, d) ensemble exactly as it drives one model alone."""
+    schedule = DDPMSchedule(T=50)
+    scales = torch.tensor([0.5, 1.0, 2.0])[:, None, None]
+
+    def ensemble(x, i):
+        return torch.tanh(scales * x)
+
+    noise = SamplerNoise.draw((7, 4), torch.Generator().manual_seed(0))
+    together = sample(ensemble, schedule, (3, 7, 4), method=method, steps=6, noise=noise)
+    for e in range(3):
+        alone = sample(lambda x, i: torch.tanh(scales[e] * x), schedule, (7, 4), method=method, steps=6, noise=noise)
+        torch.testing.assert_close(together[e], alone, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="trailing part"):
+        sample(ensemble, schedule, (3, 7, 4), method=method, steps=6, noise=SamplerNoise.draw((3, 7), torch.Generator()))

@@ -2,7 +2,7 @@
 one folder.
 
 Writes report.md (the parts that ran, figures embedded), results.json ({"theory", "staircase",
-"scaling", "images", "environment"}), exponents.json, run.json (config, package versions, device) and the PNG figures,
+"scaling", "images", "memorization", "environment"}), exponents.json, run.json (config, package versions, device) and the PNG figures,
 each atomically.
 """
 
@@ -49,12 +49,28 @@ def _images_section(out: Path, images: dict) -> tuple[list[str], str]:
     return list(figures.values()), render_images(images, figures)
 
 
-_SECTIONS = {"staircase": _staircase_section, "scaling": _scaling_section, "images": _images_section}
+def _memorization_section(out: Path, memorization: dict) -> tuple[list[str], str]:
+    """The memorisation, timescale, sample-split and denoiser figures and the Markdown section."""
+    from easyhard.report.memorization import (
+        plot_denoisers, plot_memorization, plot_split, plot_timescales, render_memorization)
+
+    figures = {"memorisation fraction against steps and steps / n":
+               plot_memorization(memorization, out / "memorization_fmem.png").name,
+               "timescales against n": plot_timescales(memorization, out / "memorization_timescales.png").name,
+               "cross-split similarity, its floor and the test loss":
+               plot_split(memorization, out / "memorization_split.png").name,
+               "distance to the empirical and exact denoisers; train/test gap per level":
+               plot_denoisers(memorization, out / "memorization_denoisers.png").name}
+    return list(figures.values()), render_memorization(memorization, figures)
+
+
+_SECTIONS = {"staircase": _staircase_section, "scaling": _scaling_section, "images": _images_section,
+             "memorization": _memorization_section}
 
 
 def write_reproduction(out_dir: str | Path, config: dict, theory: dict | None = None,
                        staircase: dict | None = None, scaling: dict | None = None,
-                       images: dict | None = None) -> dict[str, Path]:
+                       images: dict | None = None, memorization: dict | None = None) -> dict[str, Path]:
     """Write whichever parts were run; returns the written paths by role."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +87,8 @@ def write_reproduction(out_dir: str | Path, config: dict, theory: dict | None = 
                                           for k, d in row["directions"].items()} for row in theory["exponents"]}
         paths["exponents"] = atomic_write_json(out / "exponents.json", table)
         results["theory"] = theory
-    for name, result in (("staircase", staircase), ("scaling", scaling), ("images", images)):
+    for name, result in (("staircase", staircase), ("scaling", scaling), ("images", images),
+                         ("memorization", memorization)):
         if result is not None:
             files, section = _SECTIONS[name](out, result)
             paths.update({f: out / f for f in files})

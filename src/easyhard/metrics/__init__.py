@@ -26,3 +26,8 @@ __all__ += ["MemorizationFraction", "copies_from_distances", "denoiser_similarit
 from easyhard.metrics.quality import kl_to_density, knn_distances, knn_entropy, mean_log_likelihood  # noqa: E402
 
 __all__ += ["kl_to_density", "knn_distances", "knn_entropy", "mean_log_likelihood"]
+from easyhard.metrics.generalization import (  # noqa: E402
+    empirical_distance_per_level, extremum_step, first_crossing, first_near_best, log_slope, loss_gap_per_level)
+
+__all__ += ["empirical_distance_per_level", "extremum_step", "first_crossing", "first_near_best", "log_slope",
+            "loss_gap_per_level"]

@@ -95,7 +95,7 @@ def first_near_best(steps: Sequence[int], values: np.ndarray, tolerance: float, 
 
 
 def extremum_step(steps: Sequence[int], values: np.ndarray, maximum: bool = False,
-                  eligible: np.ndarray | None = None) -> np.ndarray:
+                  eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(positions, steps) of the minimum (or maximum) of each curve (values (..., C)), among ``eligible``
     checkpoints (bool, broadcastable; default all). Ties go to the earliest checkpoint."""
     steps, values = _curve(steps, values)

@@ -99,7 +99,8 @@ def bootstrap_scaling(times_by_d: Mapping[int, np.ndarray], log_factor: bool = F
     medians = np.array([km_median(s) for s in samples])
     if not np.isfinite(medians).all():
         missing = [d for d, m in zip(dims, medians) if not np.isfinite(m)]
-        raise ConfigError(f"fewer than half of the runs recovered at d = {missing}: raise the step budget")
+        raise ConfigError(f"fewer than half of the runs reached their event (recovery, onset) at size = {missing}: "
+                          "raise the step budget")
     kappa, prefactor = fit_power_law(np.array(dims), medians, log_factor)
     rng = np.random.default_rng(seed)
     boot_medians = np.array([[km_median(s[rng.integers(0, s.size, s.size)]) for s in samples]

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule
 from easyhard.models.mlp import ACTIVATIONS, sinusoidal_embedding
 
@@ -33,7 +33,8 @@ _ACT = {"silu": torch.nn.functional.silu, "relu": torch.relu, "gelu": torch.nn.f
 @dataclass(frozen=True)
 class EnsembleConfig:
     """members: E independent networks; d: data dimension; width, depth: hidden layers; time_dim: size of
-    the sinusoidal index embedding (even); activation: silu, relu, gelu or tanh."""
+    the sinusoidal index embedding (even); activation: silu, relu, gelu or tanh; time_scale: the embedding
+    sees time_scale * i (1: the raw DDPM index, as in Ho et al. 2020) [choice]."""
 
     members: int
     d: int
@@ -41,6 +42,7 @@ class EnsembleConfig:
     depth: int = 3
     time_dim: int = 32
     activation: str = "silu"
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name, low in (("members", 1), ("d", 1), ("width", 1), ("depth", 1), ("time_dim", 2)):
@@ -48,6 +50,7 @@ class EnsembleConfig:
         if self.time_dim % 2:
             raise ConfigError(f"time_dim must be an even integer >= 2 (got {self.time_dim})")
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_positive("time_scale", self.time_scale)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,12 +90,13 @@ class EnsembleMLP(nn.Module):
         c = self.config
         w_time, b = self.weights[0][:, c.d:], self.biases[0]
         if not isinstance(i, Tensor):
-            emb = sinusoidal_embedding(torch.tensor([float(i)], device=x_t.device), c.time_dim).to(x_t.dtype)
+            emb = sinusoidal_embedding(torch.tensor([c.time_scale * float(i)], device=x_t.device), c.time_dim)
+            emb = emb.to(x_t.dtype)
             return b + emb @ w_time  # (E, 1, width)
         if i.shape not in ((), (x_t.shape[1],), tuple(x_t.shape[:2])):
             raise ConfigError(f"i must be an int or a tensor of shape (B,) or (E, B) = {tuple(x_t.shape[:2])} "
                               f"(got {tuple(i.shape)})")
-        emb = sinusoidal_embedding(i.to(x_t.device).reshape(-1), c.time_dim).to(x_t.dtype)
+        emb = sinusoidal_embedding(c.time_scale * i.to(x_t.device, torch.float64).reshape(-1), c.time_dim).to(x_t.dtype)
         emb = emb.reshape(*i.shape, c.time_dim)
         return b + (emb @ w_time if emb.ndim == 3 else emb.expand(c.members, *emb.shape[-2:]) @ w_time)
 
