@@ -90,3 +90,11 @@ def test_smoke_run_measures_every_checkpoint_and_a_rerun_only_reanalyses(tmp_pat
     other = dataclasses.replace(SMOKE, train=EnsembleTrainConfig(steps=130, checkpoints=5, first=10))
     with pytest.raises(ConfigError, match="another config"):
         run_memorization(other, tmp_path)
+
+
+def test_image_patch_version_runs_with_a_held_out_quality_measure(tmp_path):
+    pytest.importorskip("skimage")
+    config = dataclasses.replace(SMOKE, data="patches", patch_size=4, seeds=1, n_test=300)
+    result = run_memorization(config, tmp_path)
+    assert "exact_distance" not in result and np.isfinite(np.array(result["kl"])).any()
+    assert len(result["tau_gen"]) == 1 and np.isfinite(np.array(result["test_loss"])).all()

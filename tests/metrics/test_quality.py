@@ -129,3 +129,20 @@ def test_bad_inputs_raise_config_error(call, name):
     with pytest.raises(ConfigError) as err:
         call()
     assert str(err.value).startswith(name + " ") and "\n" not in str(err.value)
+
+
+def test_knn_divergence_against_closed_forms_and_copies():
+    """Held-out-referenced KL estimate: ~0 for the same law, the Gaussian closed form for a shift, inf for copies."""
+    from easyhard.metrics.quality import knn_divergence
+
+    gen = torch.Generator().manual_seed(0)
+    d, m = 3, 3000
+    ref = torch.randn(20000, d, generator=gen, dtype=torch.float64)
+    same = torch.randn(m, d, generator=gen, dtype=torch.float64)
+    assert abs(knn_divergence(same, ref)) < 0.1
+    shifted = same + torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # KL = |shift|^2 / 2 = 0.5
+    assert knn_divergence(shifted, ref) == pytest.approx(0.5, abs=0.12)
+    train = torch.randn(16, d, generator=gen, dtype=torch.float64)  # copies of a training set, not of the reference
+    assert knn_divergence(train.repeat(10, 1), ref) == float("inf")
+    near = train.repeat(10, 1) + 1e-4 * torch.randn(160, d, generator=gen, dtype=torch.float64)
+    assert knn_divergence(near, ref) > 10

@@ -60,3 +60,10 @@ def test_divergence_is_reported():
         model.weights[0].mul_(1e30)
     with pytest.raises(DivergenceError, match="diverged"):
         train_ensemble(model, splits, DDPMSchedule(), config, "/nonexistent-not-written")
+
+
+def test_tiled_batches_hold_every_point_equally_often():
+    splits, _, _ = _setup()
+    x0 = splits.draw(36, torch.Generator(), mode="tile")
+    for e, n in enumerate((4, 9)):
+        torch.testing.assert_close(x0[e], splits.member(e).repeat(36 // n, 1), rtol=0, atol=0)

@@ -14,8 +14,9 @@ At every checkpoint (fixed inputs and noise, shared by all checkpoints and model
   denoiser of its split and to the exact denoiser of the data law (Gaussian mixture only);
 - ``mem_samples`` DDIM samples per model from shared initial noise: the memorisation fraction f_mem
   (d1/d2 < k against the model's own split, for several k) and a quality measure that tells good
-  samples from copies (Gaussian mixture: the k-NN estimate of KL(samples || data law), which uses the
-  exact log-density and becomes large when samples collapse on training points);
+  samples from copies, a k-NN estimate of KL(samples || data law) that becomes large when samples
+  collapse on training points (Gaussian mixture: with the exact log-density; images: referenced to the
+  held-out test set);
 - ``split_samples`` samples per model from the coupled ancestral sampler (shared initial and per-step
   noise): the cross-split similarity S_AB = mean_j Pearson(x_A^j, x_B^j) for every pair of splits, its
   noise floor (the same model under independent noise), and the own- minus other-split nearest-neighbour
@@ -358,13 +359,17 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     mem = sample(eps, schedule, (E, config.mem_samples, d), method="ddim", steps=config.mem_steps, heun=False,
                  clip_x0=None, noise=probe.mem_noise).cpu()
     out["copies"], out["nn_distance"] = _copies(mem, splits, config)
-    if problem.law is not None:
+    if problem.law is not None:  # k-NN estimate of KL(q || p) with the exact log-density
         from easyhard.metrics.quality import knn_entropy
 
         log_p = problem.law.log_prob(mem.reshape(-1, d).double()).reshape(E, -1).mean(-1)
         entropy = torch.tensor([knn_entropy(mem[e].double()) for e in range(E)], dtype=torch.float64)
-        out["kl"] = torch.where(torch.isinf(entropy), torch.inf, -entropy - log_p)  # k-NN estimate of KL(q || p)
+        out["kl"] = torch.where(torch.isinf(entropy), torch.inf, -entropy - log_p)
         out["log_likelihood"] = log_p
+    else:  # held-out-referenced k-NN estimate of KL(q || p)
+        from easyhard.metrics.quality import knn_divergence
+
+        out["kl"] = torch.tensor([knn_divergence(mem[e].double(), problem.test.double()) for e in range(E)])
     # coupled ancestral samples: cross-split similarity, its noise floor, own- vs other-split similarity
     shape = (E, config.split_samples, d)
     coupled = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,

@@ -23,9 +23,10 @@ from easyhard.metrics.memorization import (  # noqa: E402
 __all__ += ["MemorizationFraction", "copies_from_distances", "denoiser_similarity", "fraction_with_interval",
             "memorization_fraction", "nearest_neighbours", "paired_similarity", "split_similarity", "standardize",
             "wilson_upper"]
-from easyhard.metrics.quality import kl_to_density, knn_distances, knn_entropy, mean_log_likelihood  # noqa: E402
+from easyhard.metrics.quality import (  # noqa: E402
+    kl_to_density, knn_distances, knn_divergence, knn_entropy, mean_log_likelihood)
 
-__all__ += ["kl_to_density", "knn_distances", "knn_entropy", "mean_log_likelihood"]
+__all__ += ["kl_to_density", "knn_distances", "knn_divergence", "knn_entropy", "mean_log_likelihood"]
 from easyhard.metrics.generalization import (  # noqa: E402
     empirical_distance_per_level, extremum_step, first_crossing, first_near_best, log_slope, loss_gap_per_level)
 

@@ -103,3 +103,27 @@ def kl_to_density(samples: Tensor, log_prob: Callable[[Tensor], Tensor], k: int 
     if math.isnan(cross) or cross == math.inf:
         raise ConfigError(f"log_prob must return finite values or -inf (mean was {cross})")
     return -entropy - cross
+
+
+def knn_divergence(samples: Tensor, reference: Tensor, k: int = 1) -> float:
+    """k-NN estimate of KL(q || p) from samples x_1..x_m ~ q and held-out reference points y_1..y_M ~ p
+    (Wang, Kulkarni & Verdu 2009):
+
+        KL_hat = (d/m) sum_j log(nu_j / r_j) + log(M / (m - 1)),
+
+    r_j the distance from x_j to its k-th nearest other sample, nu_j to its k-th nearest reference point.
+    No density is needed, so it serves for images, where the reference is a held-out test set. Copies of
+    training points collapse r_j -> 0 and give ``inf``, like :func:`kl_to_density`.
+    """
+    k = check_int_at_least("k", k, 1)
+    samples = _check_samples(samples, k + 1)
+    reference = _check_samples(reference, k)
+    if reference.shape[1] != samples.shape[1]:
+        raise ConfigError(f"reference must have dimension {samples.shape[1]} (got {reference.shape[1]})")
+    m, d = samples.shape
+    r = knn_distances(samples, k)
+    if (r <= 0).any():
+        return math.inf
+    nu = torch.cat([torch.cdist(samples[i:i + 1024], reference, compute_mode="donot_use_mm_for_euclid_dist")
+                    .topk(k, dim=1, largest=False).values[:, -1] for i in range(0, m, 1024)])
+    return float(d * torch.log(nu / r).mean() + math.log(reference.shape[0] / (m - 1)))

@@ -1,8 +1,8 @@
 """Training an ensemble of denoisers, one per data split, in one loop (generalization.md, sample splitting).
 
 Member e is trained on its own finite split D_e (n_e points) with the eps-MSE of Ho et al. (2020):
-every step draws, for every member independently, a mini-batch of ``batch_size`` points of D_e (with
-replacement), indices i ~ U{0..T-1} and eps ~ N(0, I), and minimises
+every step takes, for every member, a batch of ``batch_size`` points of D_e (the split tiled, or drawn
+with replacement), fresh indices i ~ U{0..T-1} and eps ~ N(0, I) per example, and minimises
 
     L = sum_e mean_{b, k} (eps_hat_e(x_i, i) - eps)^2,    x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps,
 
@@ -29,16 +29,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from easyhard._validate import ConfigError, check_int_at_least, check_positive
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule
 from easyhard.train.online import DivergenceError
 
 STATE_FILE = "state.pt"
+BATCHES = ("tile", "random")
 
 
 @dataclass(frozen=True)
 class EnsembleTrainConfig:
-    """steps of Adam (learning rate ``lr``) with ``batch_size`` points per member per step; ``checkpoints``
+    """steps of Adam (learning rate ``lr``) with ``batch_size`` points per member per step, each with a fresh
+    index and noise; ``batches``: "tile" (every point of the split batch_size / n times per step, the CPU
+    demonstration of generalization.md) or "random" (drawn with replacement) [choice]; ``checkpoints``
     log-spaced checkpoint steps from ``first`` to ``steps``; ``seed`` of the training generator."""
 
     steps: int = 8000
@@ -47,6 +50,7 @@ class EnsembleTrainConfig:
     checkpoints: int = 24
     first: int = 10
     seed: int = 0
+    batches: str = "tile"
 
     def __post_init__(self) -> None:
         check_int_at_least("steps", self.steps, 1)
@@ -55,6 +59,7 @@ class EnsembleTrainConfig:
         check_int_at_least("checkpoints", self.checkpoints, 2)
         check_int_at_least("first", self.first, 1)
         check_int_at_least("seed", self.seed, 0)
+        check_choice("batches", self.batches, BATCHES)
         if self.first >= self.steps:
             raise ConfigError(f"first must be below steps = {self.steps} (got {self.first})")
 
@@ -92,10 +97,15 @@ class Splits:
         """Member e's training set (n_e, d)."""
         return self.data[e, :int(self.counts[e])]
 
-    def draw(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """x0 (E, batch_size, d): for each member, points of its own split drawn uniformly with replacement."""
-        u = torch.rand((len(self.counts), batch_size), generator=generator, device=self.data.device)
-        idx = (u * self.counts.to(u.device)[:, None]).long()
+    def draw(self, batch_size: int, generator: torch.Generator, mode: str = "random") -> Tensor:
+        """x0 (E, batch_size, d) from each member's own split: ``mode="random"``, points drawn uniformly with
+        replacement; ``mode="tile"``, the split repeated in order (point b mod n_e), so every point appears
+        batch_size / n_e times per step (full-batch updates when n_e divides batch_size)."""
+        if mode == "tile":
+            idx = torch.arange(batch_size, device=self.data.device)[None, :] % self.counts.to(self.data.device)[:, None]
+        else:
+            u = torch.rand((len(self.counts), batch_size), generator=generator, device=self.data.device)
+            idx = (u * self.counts.to(u.device)[:, None]).long()
         return torch.gather(self.data, 1, idx[..., None].expand(-1, -1, self.data.shape[2]))
 
 
@@ -146,7 +156,7 @@ def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, con
     since = 0
     for target in checkpoints:
         while step < target:
-            loss = ensemble_loss(model, splits.draw(config.batch_size, gen), schedule, gen).sum()
+            loss = ensemble_loss(model, splits.draw(config.batch_size, gen, config.batches), schedule, gen).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
