@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,8 @@ class MemorizationConfig:
             raise ConfigError(f"at least two of ns = {self.ns} must be >= fit_min_n = {self.fit_min_n}")
         if not 0 < self.threshold < 1 or any(not 0 < k < 1 for k in self.thresholds):
             raise ConfigError(f"threshold and thresholds must lie in (0, 1) (got {self.threshold}, {self.thresholds})")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be cpu or cuda[:N] (got {self.device!r})")
         if self.threshold not in self.thresholds:
             raise ConfigError(f"threshold {self.threshold} must be one of thresholds {self.thresholds}")
         if not 0 < self.mem_level < 1 or not 0 < self.peak_fraction < 1:
@@ -221,6 +223,16 @@ class Probe:
     floor_noise: SamplerNoise
     score_train: Tensor
     score_test: Tensor
+
+    def to(self, device: torch.device | str) -> Probe:
+        """The same probe with every tensor (and sampler noise) on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, Tensor):
+                moved[name] = value.to(device)
+            elif isinstance(value, SamplerNoise):
+                moved[name] = SamplerNoise(value.initial.to(device), value.step_seed)
+        return Probe(**moved)
 
 
 def _noised(x0: Tensor, levels: Tensor, schedule: DDPMSchedule, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -337,7 +349,7 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     the (seed, n, pair) layout for pairwise statistics."""
     splits = problem.splits
     E, d = len(splits.counts), probe.test_x.shape[1]
-    centres = torch.stack([splits.member(e).mean(0) for e in range(E)])[:, None, :]
+    centres = torch.stack([splits.member(e).mean(0) for e in range(E)])[:, None, :].to(probe.test_x.device)
     eps = raw_denoiser(model, centres, schedule)
     L = len(probe.levels)
     # losses per level and distances to the reference denoisers
@@ -377,6 +389,7 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     independent = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,
                          noise=probe.floor_noise)
     out["floor"] = _pearson(coupled, independent).mean(-1)
+    coupled = coupled.cpu()
     pairs = list(itertools.combinations(range(config.splits), 2))
     groups = [[config.member(seed, n_pos, k) for k in range(config.splits)]
               for seed in range(config.seeds) for n_pos in range(len(config.ns))]
@@ -436,10 +449,13 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
     records: list[dict] = json.loads(records_path.read_text()) if resume and records_path.exists() else []
     schedule = DDPMSchedule(T=config.T)
     problem = make_problem(config)
-    probe = make_probe(config, problem, schedule)
+    device = torch.device(config.device)
+    probe = make_probe(config, problem, schedule).to(device)
     model = EnsembleMLP(EnsembleConfig(config.members, problem.test.shape[1], config.width, config.depth,
                                        config.time_dim, time_scale=config.time_scale), torch.Generator().manual_seed(config.train.seed + 1))
-    train_splits, _ = _centred(problem.splits)
+    model = model.to(device)
+    centred, _ = _centred(problem.splits)
+    train_splits = Splits(centred.data.to(device), centred.counts.to(device))
 
     def on_checkpoint(step: int, net: torch.nn.Module) -> None:
         records[:] = [r for r in records if r["step"] < step]
