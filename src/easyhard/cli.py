@@ -350,7 +350,7 @@ def images(profile, out_dir, data_dir, data_kind, compile_, steps, seeds, worker
 
 @reproduce.command()
 @click.option("--quick", "profile", flag_value="quick", default=True,
-              help="Gaussian mixture in d = 16, n = 8..64, 4 splits x 4 seeds, CPU, < 10 min (default)")
+              help="Gaussian mixture in d = 16, n = 16..128, 4 splits x 4 seeds, CPU, < 10 min (default)")
 @click.option("--full", "profile", flag_value="full", help="embedded image patches, n = 64..1024 (meant for a GPU)")
 @click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--data", "data_kind", default=None, help="mixture, patches or cifar10 [default: the profile's]")
