@@ -16,7 +16,8 @@ from easyhard.train.ensemble import EnsembleTrainConfig
 def _records(config: MemorizationConfig, steps: list[int], onset: dict[int, int], peak: dict[int, int],
              loss_min: dict[int, int]) -> list[dict]:
     """Records with known answers: member copies jump to 20% at step onset[n]; the cross-split similarity peaks at
-    checkpoint peak[n] (0.9, floor 0.1) and the test loss is a V with its minimum at checkpoint loss_min[n]."""
+    checkpoint peak[n] (0.9, floor 0.1); the test loss is a V with its minimum at checkpoint loss_min[n]; the KL
+    reaches its best at checkpoint 3 + (position of n in ns)."""
     S, N, K, L = config.seeds, len(config.ns), config.splits, config.loss_levels
     P = K * (K - 1) // 2
     records = []
@@ -34,7 +35,7 @@ def _records(config: MemorizationConfig, steps: list[int], onset: dict[int, int]
                         "train_loss": (0.9 * loss).reshape(E, L).tolist(), "emp_distance": np.ones((E, L)).tolist(),
                         "nn_distance": np.ones(E).tolist(), "delta_nn": np.zeros((S, N)).tolist(),
                         "score_train": np.ones((S, N)).tolist(), "score_test": np.ones((S, N)).tolist(),
-                        "kl": np.full(E, 10.0 - min(c, 5)).tolist()})
+                        "kl": np.repeat([10.0 - min(c, 3 + j) for j in range(N)], K)[None].repeat(S, 0).ravel().tolist()})
     return records
 
 
@@ -50,7 +51,9 @@ def test_analysis_recovers_constructed_timescales_and_ordering():
     assert result["lead_checkpoints"] == [[1, 3, 4]] * 3
     assert result["slopes"]["tau_loss"] == pytest.approx(2.0) and result["slopes"]["tau_split"] == pytest.approx(0.5)
     assert result["window_slope"] == pytest.approx(1.5)
-    assert result["tau_gen"] == [[[steps[5]] * 3] * 3] * 3  # the KL reaches its best at checkpoint 5
+    # the KL reaches its best at checkpoint 3 + (position of n): tau_gen = 80, 160, 320 = 5 n
+    assert result["tau_gen"] == [[[80] * 3, [160] * 3, [320] * 3]] * 3
+    assert result["slopes"]["tau_gen"] == pytest.approx(1.0, abs=1e-12)
     checks = result["checks"]
     assert checks["tau_mem_slope"]["passed"] and checks["tau_mem_increasing"]["passed"]
     assert checks["split_peak_before_loss_min"]["passed"] and checks["window_widens"]["passed"]

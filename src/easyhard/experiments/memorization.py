@@ -564,7 +564,7 @@ def analyse(config: MemorizationConfig, records: list[dict]) -> dict:
         tau_gen = per_n(first_near_best(steps, np.where(np.isfinite(kl), kl, np.inf), config.gen_tolerance))
         result.update(kl=per_n(kl).tolist(), tau_gen=tau_gen.tolist(),
                       tau_gen_median=[float(np.median(tau_gen[:, j])) for j in range(N)])
-        slopes["tau_gen"] = log_slope(ns[fit_pos], tau_gen[:, fit_pos].reshape(-1, len(fit_pos)).T)
+        slopes["tau_gen"] = log_slope(ns[fit_pos], np.moveaxis(tau_gen[:, fit_pos], 1, 0).reshape(len(fit_pos), -1))
     result["checks"] = _checks(config, result, tau_main, fit_pos)
     return result
 
@@ -586,7 +586,7 @@ def _checks(config: MemorizationConfig, result: dict, tau_main: np.ndarray, fit_
         "tau_mem_slope": ([fit.get("kappa"), *fit.get("interval", [None, None])],
                           "slope in [0.8, 1.8] and interval lower bound > 0.5",
                           "kappa" in fit and 0.8 <= fit["kappa"] <= 1.8 and fit["interval"][0] > 0.5),
-        "slope_robust_to_threshold": (spread, "|slope(k) - slope(1/3)| <= 0.3 for k = 1/4, 1/2", spread <= 0.3),
+        "slope_robust_to_threshold": (spread, "abs(slope(k) - slope(1/3)) <= 0.3 for k = 1/4, 1/2", spread <= 0.3),
         "split_peak_before_loss_min": (lead.tolist(), ">= 2 checkpoints for the two largest n in every seed",
                                        bool((lead >= 2).all())),
         "split_peak_above_floor": (height.tolist(), ">= 0.5 above the independent-noise floor",
