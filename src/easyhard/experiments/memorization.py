@@ -132,6 +132,10 @@ class MemorizationConfig:
     def members(self) -> int:
         return self.seeds * len(self.ns) * self.splits
 
+    def loss_indices(self) -> list[int]:
+        """The ``loss_levels`` evaluation indices, the midpoints of equal bins of 0..T-1."""
+        return [int((j + 0.5) * self.T / self.loss_levels) for j in range(self.loss_levels)]
+
     def member(self, seed: int, n_pos: int, split: int) -> int:
         """Ensemble index of (seed, position of n in ns, split)."""
         return (seed * len(self.ns) + n_pos) * self.splits + split
@@ -160,11 +164,16 @@ def profile(name: str) -> MemorizationConfig:
 @dataclass(frozen=True)
 class Problem:
     """The data of one experiment: per-member splits (raw space), the held-out test set, and, for the
-    Gaussian mixture, the data law (``law``: log-density and exact denoiser)."""
+    Gaussian mixture, the data law (``law``: log-density and exact denoiser); ``centres`` (E, 1, d): each
+    split's mean, by which its model centres its data."""
 
     splits: Splits
     test: Tensor
     law: object | None
+
+    @property
+    def centres(self) -> Tensor:
+        return torch.stack([self.splits.member(e).mean(0) for e in range(len(self.splits.counts))])[:, None, :]
 
 
 def _image_pool(config: MemorizationConfig) -> tuple[Tensor, Tensor]:
@@ -255,8 +264,8 @@ def make_probe(config: MemorizationConfig, problem: Problem, schedule: DDPMSched
     """Build the fixed evaluation inputs and the reference denoisers (computed once)."""
     from easyhard.oracles.empirical import empirical_denoiser
 
-    L, splits = config.loss_levels, problem.splits
-    levels = torch.tensor([int((j + 0.5) * config.T / L) for j in range(L)])
+    splits = problem.splits
+    levels = torch.tensor(config.loss_indices())
     test0 = problem.test[:config.loss_test]
     test_x, test_eps, test_i = _noised(test0, levels, schedule, seed=11)
     # each member's own points, repeated to loss_train per level
@@ -348,13 +357,13 @@ def _nearest_similarity(samples: Tensor, data: Tensor) -> Tensor:
 
 
 def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Problem, probe: Probe,
-             schedule: DDPMSchedule) -> dict[str, list]:
-    """Every measurement of one checkpoint (module docstring); arrays as nested lists, leading axis E or
-    the (seed, n, pair) layout for pairwise statistics."""
+             schedule: DDPMSchedule, centres: Tensor) -> dict[str, list]:
+    """Every measurement of one checkpoint (module docstring), for models that centred their data by
+    ``centres`` (:attr:`Problem.centres`); arrays as nested lists, leading axis E or the (seed, n, pair)
+    layout for pairwise statistics."""
     splits = problem.splits
     E, d = len(splits.counts), probe.test_x.shape[1]
-    centres = torch.stack([splits.member(e).mean(0) for e in range(E)])[:, None, :].to(probe.test_x.device)
-    eps = raw_denoiser(model, centres, schedule)
+    eps = raw_denoiser(model, centres.to(probe.test_x.device), schedule)
     L = len(probe.levels)
     # losses per level and distances to the reference denoisers
     test_x = probe.test_x.expand(E, -1, -1)
@@ -422,12 +431,6 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
 
 
 # ============================================================================================ running
-def _centred(splits: Splits) -> tuple[Splits, Tensor]:
-    """Each member's split minus its own mean (the model's coordinates) and the means (E, 1, d)."""
-    centres = torch.stack([splits.member(e).mean(0) for e in range(len(splits.counts))])[:, None, :]
-    return Splits(splits.data - centres, splits.counts), centres
-
-
 def run_memorization(config: MemorizationConfig, out_dir: str | Path,
                      progress: Callable[[int], None] | None = None) -> dict:
     """Train the ensemble with measurements at every checkpoint, then analyse (:func:`analyse`).
@@ -458,12 +461,12 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
     model = EnsembleMLP(EnsembleConfig(config.members, problem.test.shape[1], config.width, config.depth,
                                        config.time_dim, time_scale=config.time_scale), torch.Generator().manual_seed(config.train.seed + 1))
     model = model.to(device)
-    centred, _ = _centred(problem.splits)
-    train_splits = Splits(centred.data.to(device), centred.counts.to(device))
+    centres = problem.centres
+    train_splits = Splits((problem.splits.data - centres).to(device), problem.splits.counts.to(device))
 
     def on_checkpoint(step: int, net: torch.nn.Module) -> None:
         records[:] = [r for r in records if r["step"] < step]
-        records.append({"step": step, **evaluate(net, config, problem, probe, schedule)})
+        records.append({"step": step, **evaluate(net, config, problem, probe, schedule, centres)})
         atomic_write_json(records_path, records)
 
     if resume:
@@ -550,7 +553,7 @@ def analyse(config: MemorizationConfig, records: list[dict]) -> dict:
         "peak": peak.tolist(), "peak_floor": peak_floor.tolist(), "slopes": slopes,
         "window_slope": window, "window_slope_interval": window_ci,
         "loss_gap": np.median(per_n(np.moveaxis(arr["test_loss"] - arr["train_loss"], 0, -1)), 2).tolist(),
-        "levels": [int((j + 0.5) * config.T / config.loss_levels) for j in range(config.loss_levels)],
+        "levels": config.loss_indices(),
         "emp_distance": np.median(per_n(np.moveaxis(arr["emp_distance"], 0, -1)), 2).tolist(),
         "delta_nn": np.moveaxis(arr["delta_nn"], 0, -1).tolist(),
         "score_bias": np.moveaxis(arr["score_test"] - arr["score_train"], 0, -1).tolist(),

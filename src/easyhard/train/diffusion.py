@@ -133,6 +133,26 @@ def denoising_loss(model: nn.Module, x0: torch.Tensor, schedule: DDPMSchedule,
     return ((model(x_t, i, schedule) - eps) ** 2).mean()
 
 
+def read_state(state_path: Path, config: dict, resume: bool) -> tuple[dict, dict] | None:
+    """The saved training state (tensors, meta) to resume from, or None for a fresh run.
+
+    ``resume=True`` needs ``state_path`` written with the same ``config`` (ConfigError if it is missing,
+    unreadable or from another config); without it an existing state is an error, so nothing is overwritten.
+    """
+    from easyhard.runs.io import load_tensors
+
+    if not resume:
+        if state_path.exists():
+            raise ConfigError(f"{state_path} exists: pass resume to continue that run, or use a new folder")
+        return None
+    if not state_path.exists():
+        raise ConfigError(f"nothing to resume: {state_path} does not exist")
+    tensors, meta = load_tensors(state_path)
+    if meta.get("config") != json.loads(json.dumps(config)):
+        raise ConfigError(f"{state_path} was written with another training config; use a new --out")
+    return tensors, meta
+
+
 def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule, config: DiffusionTrainConfig,
                     out_dir: str | Path, resume: bool = False,
                     on_checkpoint: Callable[[int, nn.Module, nn.Module | None], None] | None = None,
@@ -143,7 +163,7 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule
     saved. ``resume=True`` continues from ``out_dir/state.pt`` (ConfigError if it is missing, unreadable
     or from another config); without it an existing state is an error too, so nothing is overwritten.
     """
-    from easyhard.runs.io import atomic_write_json, load_tensors, save_tensors
+    from easyhard.runs.io import atomic_write_json, save_tensors
 
     out = Path(out_dir)
     dev = torch.device(config.device)
@@ -161,12 +181,9 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule
     log = {"checkpoint_steps": [], "train_loss": [], "images_per_s": []}
     step = 0
     state_path = out / STATE_FILE
-    if resume:
-        if not state_path.exists():
-            raise ConfigError(f"nothing to resume: {state_path} does not exist")
-        tensors, meta = load_tensors(state_path)
-        if meta["config"] != json.loads(json.dumps(config.to_dict())):
-            raise ConfigError(f"{state_path} was written with another training config; use a new --out")
+    state = read_state(state_path, config.to_dict(), resume)
+    if state is not None:
+        tensors, meta = state
         model.load_state_dict(tensors["model"])
         if ema is not None:
             ema.load_state_dict(tensors["ema"])
@@ -174,8 +191,6 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule
         sched.load_state_dict(tensors["scheduler"])
         gen.set_state(tensors["generator"])
         step, log = int(meta["step"]), meta["log"]
-    elif state_path.exists():
-        raise ConfigError(f"{state_path} exists: pass resume to continue that run, or use a new folder")
 
     def save(at: int) -> None:
         snap = {"model": model.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {})}

@@ -19,7 +19,6 @@ resumed run equals an uninterrupted one. Non-finite losses stop the run with :cl
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,9 +30,9 @@ from torch import Tensor, nn
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule
+from easyhard.train.diffusion import STATE_FILE, read_state
 from easyhard.train.online import DivergenceError
 
-STATE_FILE = "state.pt"
 BATCHES = ("tile", "random")
 
 
@@ -118,10 +117,6 @@ def ensemble_loss(model: nn.Module, x0: Tensor, schedule: DDPMSchedule, generato
     return ((model(a * x0 + s * eps, i, schedule) - eps) ** 2).mean((1, 2))
 
 
-def _state_matches(meta: dict, config: EnsembleTrainConfig) -> bool:
-    return meta.get("config") == json.loads(json.dumps(config.to_dict()))
-
-
 def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, config: EnsembleTrainConfig,
                    out_dir: str | Path, resume: bool = False,
                    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
@@ -132,25 +127,20 @@ def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, con
     continues from ``out_dir/state.pt`` (ConfigError if missing, unreadable or from another config);
     without it an existing state is an error, so nothing is overwritten.
     """
-    from easyhard.runs.io import load_tensors, save_tensors
+    from easyhard.runs.io import save_tensors
 
     out = Path(out_dir)
     state_path = out / STATE_FILE
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator(splits.data.device).manual_seed(config.seed)
     step, losses = 0, []
-    if resume:
-        if not state_path.exists():
-            raise ConfigError(f"nothing to resume: {state_path} does not exist")
-        tensors, meta = load_tensors(state_path)
-        if not _state_matches(meta, config):
-            raise ConfigError(f"{state_path} was written with another training config; use a new --out")
+    state = read_state(state_path, config.to_dict(), resume)
+    if state is not None:
+        tensors, meta = state
         model.load_state_dict(tensors["model"])
         opt.load_state_dict(tensors["optimizer"])
         gen.set_state(tensors["generator"])
         step, losses = int(meta["step"]), list(meta["losses"])
-    elif state_path.exists():
-        raise ConfigError(f"{state_path} exists: pass resume to continue that run, or use a new folder")
     checkpoints = [c for c in config.checkpoint_steps() if c > step]
     loss_sum = torch.zeros((), dtype=torch.float64, device=splits.data.device)
     since = 0
