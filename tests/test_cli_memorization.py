@@ -39,3 +39,11 @@ def test_reproduce_memorization_rejects_bad_options(tmp_path, capsys):
     assert code == 2 and "data must be one of" in err and len(err.strip().splitlines()) == 1
     code, _, err = _run(capsys, "reproduce", "memorization", "--data", "cifar10", "--out", str(tmp_path / "o"))
     assert code == 2 and "needs --data-dir" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reproduce_memorization_rejects_bad_counts_and_devices(tmp_path, capsys):
+    for args, message in ((("--seeds", "0"), "seeds must be an integer >= 1"),
+                          (("--steps", "5"), "first must be below steps = 5"),
+                          (("--device", "tpu"), "device must be cpu or cuda")):
+        code, _, err = _run(capsys, "reproduce", "memorization", *args, "--out", str(tmp_path / "o"))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
