@@ -139,7 +139,7 @@ def read_state(state_path: Path, config: dict, resume: bool) -> tuple[dict, dict
     ``resume=True`` needs ``state_path`` written with the same ``config`` (ConfigError if it is missing,
     unreadable or from another config); without it an existing state is an error, so nothing is overwritten.
     """
-    from easyhard.runs.io import load_tensors
+    from easyhard._io import load_tensors
 
     if not resume:
         if state_path.exists():
@@ -163,7 +163,7 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule
     saved. ``resume=True`` continues from ``out_dir/state.pt`` (ConfigError if it is missing, unreadable
     or from another config); without it an existing state is an error too, so nothing is overwritten.
     """
-    from easyhard.runs.io import atomic_write_json, save_tensors
+    from easyhard._io import atomic_write_json, save_tensors
 
     out = Path(out_dir)
     dev = torch.device(config.device)
@@ -250,7 +250,7 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule
 
 def load_snapshot(path: str | Path, model: nn.Module, ema: bool = False) -> nn.Module:
     """Load a snapshot's weights (``ema=True``: the EMA weights) into ``model``; weights_only loading."""
-    from easyhard.runs.io import load_tensors
+    from easyhard._io import load_tensors
 
     tensors, _ = load_tensors(path)
     key = "ema" if ema else "model"

@@ -127,7 +127,7 @@ def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, con
     continues from ``out_dir/state.pt`` (ConfigError if missing, unreadable or from another config);
     without it an existing state is an error, so nothing is overwritten.
     """
-    from easyhard.runs.io import save_tensors
+    from easyhard._io import save_tensors
 
     out = Path(out_dir)
     state_path = out / STATE_FILE

@@ -420,7 +420,7 @@ def _assign(live, saved: torch.Tensor) -> None:
 
 
 def _save(path, meta, runner, draws, records, start, rec) -> None:
-    from easyhard.runs.io import save_tensors
+    from easyhard._io import save_tensors
 
     tensors = {f"runner.{k}": _as_tensor(v) for k, v in runner.live_state().items()}
     tensors |= {f"records.{k}": _as_tensor(v) for k, v in records.items()}
@@ -430,7 +430,7 @@ def _save(path, meta, runner, draws, records, start, rec) -> None:
 
 def _restore(path, meta, runner, draws, records) -> tuple[int, int]:
     """Load a checkpoint into the live state; returns (chunk start, next record index)."""
-    from easyhard.runs.io import load_tensors
+    from easyhard._io import load_tensors
 
     tensors, saved = load_tensors(path)
     position = {k: saved.pop(k, None) for k in ("start", "rec")}
