@@ -64,3 +64,22 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
     return value
+
+
+def check_device(name: str, value: str, allow_auto: bool = True) -> str:
+    """A torch device name: "cpu", "cuda" or "cuda:N" (and "auto": CUDA when available, else the CPU)."""
+    import re
+
+    allowed = ("auto, " if allow_auto else "") + "cpu, cuda or cuda:N"
+    if not isinstance(value, str) or not (re.fullmatch(r"cpu|cuda(:\d+)?", value) or (allow_auto and value == "auto")):
+        raise ConfigError(f"{name} must be {allowed} (got {value!r})")
+    return value
+
+
+def resolve_device(value: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; other names unchanged."""
+    if value != "auto":
+        return value
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

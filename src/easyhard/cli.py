@@ -5,7 +5,6 @@ Bad input exits with code 2 and one line on stderr naming the parameter; no trac
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -15,6 +14,7 @@ import click
 from easyhard._validate import ConfigError, check_nonnegative, check_positive
 from easyhard.activations import ACTIVATIONS, make_activation
 from easyhard.data import COUPLINGS, LATENT_LAWS, MixedCumulantModel, make_latent_law
+from easyhard.runs.cells import CellsFailed
 from easyhard.train.online import DivergenceError
 
 _LAW_HELP = ", ".join(LATENT_LAWS) + " (two_point and bernoulli_gauss take --nu-param p, or NAME:p)"
@@ -150,249 +150,179 @@ def calibrate(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json, ac
         click.echo(f"warning: {warning}")
 
 
-def _staircase_options(func):
-    """Overrides of the staircase profile."""
-    options = [
-        click.option("--dims", default=None, help="comma-separated dimensions d (>= 8) [default: the profile's]"),
-        click.option("--seeds", type=int, default=None, help="seeds (ensemble members) per cell [default: profile]"),
-        click.option("--steps-per-d", type=int, default=None, help="SGD steps per member, in units of d"),
-        click.option("--engine", default="auto", show_default=True, help="online-SGD engine: auto, numba or torch"),
-        click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]"),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _parse_dims(dims: str | None) -> tuple[int, ...] | None:
-    if dims is None:
-        return None
+def _parse_dims(dims: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in dims.split(","))
     except ValueError:
         raise ConfigError(f"--dims must be comma-separated integers >= 8 (got {dims!r})") from None
 
 
-def _staircase_config(profile, dims, seeds, steps_per_d, engine, device):
-    import torch
+# ----- reproduce: a command generated from the experiment registry ------------------------------------------
 
-    from easyhard.experiments import profile as staircase_profile
+def _field_hint(experiment, key: str):
+    """The type hint of a (dotted) config field, or None when unknown (make_config then names the field)."""
+    import typing
 
-    overrides = {"dims": _parse_dims(dims), "seeds": seeds, "steps_per_d": steps_per_d, "engine": engine,
-                 "device": device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")}
-    return staircase_profile(profile, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _run_theory():
-    from easyhard.experiments import CANONICAL_SETTINGS, run_theory_report
-
-    with click.progressbar(length=len(CANONICAL_SETTINGS) + 2, label="theory report", file=sys.stderr,
-                           item_show_func=lambda name: name) as bar:
-        results = run_theory_report(progress=lambda name: bar.update(1, name))
-    rows = [[r["setting"]["name"], k, _num(d["exponent"], "d"), _num(d["slope"], ".3f"), d["samples"]]
-            for r in results["exponents"] for k, d in r["directions"].items()]
-    click.echo(_table(["setting", "dir", "k*", "slope", "samples"], rows))
-    click.echo(f"\nall exponents as predicted: {results['all_match']}")
-    return results
+    cls = experiment.config_cls
+    for part in key.split("."):
+        try:
+            hint = typing.get_type_hints(cls).get(part)
+        except Exception:
+            return None
+        if hint is None:
+            return None
+        cls = hint
+    return cls
 
 
-def _run_staircase(config):
-    from easyhard.experiments import run_staircase
+def _value(experiment, key: str, text: str):
+    """A command-line value for field ``key``: the text itself for string fields, else read as TOML."""
+    from easyhard.experiments.registry import _allowed_types
+    from easyhard.runs import parse_value
 
-    with click.progressbar(length=config.total_member_steps() // config.seeds, label="staircase (online SGD)",
-                           file=sys.stderr) as bar:
-        results = run_staircase(config, progress=bar.update)
-    rows = [[c["coupling"], c["d"], f"{c['final_abs_alpha_u']:.3f}", f"{c['final_abs_alpha_v']:.3f}",
-             f"{c['median_recovery_u_over_d']:.2f}", _num(c.get("v_within_window"), ".0%"),
-             "({:.3f}, {:.3f})".format(*c["final_direction_mean"])] for c in results["cells"]]
-    click.echo(_table(["coupling", "d", "|alpha_u|", "|alpha_v|", "n_hit(u)/d", "v in window", "direction"], rows))
-    click.echo(f"\nstaircase checks pass: {results['acceptance']['all_pass']}")
-    return results
+    allowed = _allowed_types(_field_hint(experiment, key)) or ()
+    if str in allowed and text.lower() not in ("none", "null"):
+        return text
+    return parse_value(text)
 
 
-def _run_scaling(profile, out_dir, device):
-    """The scaling laws with a progress bar over cells (finished cells are reused from OUT/cells)."""
-    from pathlib import Path
-
-    import torch
-
-    from easyhard.experiments.scaling import profile as scaling_profile
-    from easyhard.experiments.scaling import run_scaling
-
-    device = device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")
-    if profile == "full" and device == "cpu":
-        click.echo("easyhard: warning: reproduce scaling --full is sized for one GPU; on CPU the full-engine "
-                   "cells take hours", err=True)
-    config = scaling_profile(profile, device)
-    with click.progressbar(length=len(config.all_cells()), label="scaling laws", file=sys.stderr,
-                           item_show_func=lambda label: label) as bar:
-        results = run_scaling(config, Path(out_dir) / "cells", progress=lambda label: bar.update(1, label))
-    rows = [[name, part["law"], ", ".join(map(str, part["fit"]["dims"])),
-             "{:.3f} [{:.3f}, {:.3f}]".format(part["fit"]["kappa"], *part["fit"]["interval"])]
-            for name, part in results["parts"].items()]
-    click.echo(_table(["part", "predicted", "dims", "kappa (95% CI)"], rows))
-    click.echo(f"\ncanonical setting: u learned, v not: {results['canonical']['u_learned_v_not']}")
-    click.echo(f"scaling checks pass: {results['acceptance']['all_pass']}")
-    return results, device
+def _assignments(experiments: dict, sets: tuple[str, ...]) -> dict[str, dict]:
+    """``--set FIELD=VALUE`` (one experiment) or ``--set NAME.FIELD=VALUE`` (several) -> values per experiment."""
+    values: dict[str, dict] = {name: {} for name in experiments}
+    for text in sets:
+        key, eq, raw = text.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"--set must look like FIELD=VALUE (got {text!r})")
+        if len(experiments) == 1:
+            name = next(iter(experiments))
+        else:
+            name, _, key = key.partition(".")
+            if name not in experiments or not key:
+                raise ConfigError(f"--set needs NAME.FIELD=VALUE with NAME one of {', '.join(experiments)} "
+                                  f"(got {text!r})")
+        values[name][key] = _value(experiments[name], key, raw.strip())
+    return values
 
 
-def _write(out_dir, config, start, **parts):
-    from easyhard.experiments import write_reproduction
+def _profile(profile: str | None, quick: bool, full: bool) -> str | None:
+    chosen = [p for p, on in (("quick", quick), ("full", full)) if on] + ([profile] if profile else [])
+    if len(set(chosen)) > 1:
+        raise ConfigError(f"--profile, --quick and --full choose one profile (got {', '.join(chosen)})")
+    return chosen[0] if chosen else None
 
-    paths = write_reproduction(out_dir, config, **parts)
+
+def _run_job(experiments: dict, configs: dict, out_dir: str, cells, profile: str | None) -> None:
+    """Run each experiment with a progress bar, print its summary, then write results, run.json and report."""
+    from easyhard.runs.reproduce import run_command, run_experiments, write_outputs
+
+    start = time.perf_counter()
+    results = {}
+    for name, experiment in experiments.items():
+        config = configs[name]
+        length = experiment.total(config) if experiment.total is not None else None
+        with click.progressbar(length=length, label=name, file=sys.stderr, item_show_func=lambda x: x) as bar:
+            results |= run_experiments([(name, config)], out_dir, cells,
+                                       lambda *_: (lambda advance=1, label=None: bar.update(advance, label)))
+        if experiment.summary is not None:
+            click.echo("\n".join(experiment.summary(results[name])))
+    jobs = [(name, configs[name]) for name in experiments]
+    paths = write_outputs(out_dir, results, {"argv": ["easyhard", *sys.argv[1:]], **run_command(jobs, profile)})
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - start:.1f} s")
 
 
-@cli.group(invoke_without_command=True)
-@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile, < 10 min on 2 cores (default)")
-@click.option("--full", "profile", flag_value="full", help="larger d and more seeds (meant for a GPU)")
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False),
-              help="output folder")
-@_staircase_options
-@click.pass_context
-def reproduce(ctx, profile, out_dir, dims, seeds, steps_per_d, engine, device):
-    """Reproduce the headline results into OUT (report.md, results.json, figures).
+def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
+    """The ``reproduce`` command of these experiments: profile flags, --out, --set, backend options and each
+    experiment's aliases (an alias given on the command line sets the field of every experiment that has it)."""
+    from easyhard.experiments.registry import get_experiment
 
-    Without a subcommand this runs all parts: the theory report (exponent table, oracle MSEs), the
-    staircase experiment (online SGD, independent vs sign-coupled latents) and the scaling laws.
+    experiments = {name: get_experiment(name) for name in names}
+    aliases: dict[str, list] = {}
+    for name, experiment in experiments.items():
+        for option in experiment.options:
+            aliases.setdefault(option.flag, []).append((name, option))
+    profiles = sorted({p for e in experiments.values() for p in e.profiles})
+    params = [
+        click.Option(["--profile"], default=None, help=f"named settings: {', '.join(profiles) or 'none'} "
+                                                       "[default: quick]"),
+        click.Option(["--quick"], is_flag=True, help="the CPU profile (default)"),
+        click.Option(["--full"], is_flag=True, help="the full profile (meant for a GPU)"),
+        click.Option(["--out", "out_dir"], default="easyhard-out", show_default=True,
+                     type=click.Path(file_okay=False), help="output folder"),
+        click.Option(["--set", "sets"], multiple=True, metavar="FIELD=VALUE",
+                     help="set a config field (dotted for nested settings; NAME.FIELD with several experiments)"),
+        click.Option(["--backend"], type=click.Choice(["local", "ray"]), default=None,
+                     help="run independent cells in local worker processes or on Ray [default: in this process]"),
+        click.Option(["--address"], default=None, help="Ray cluster to join (with --backend ray)"),
+    ]
+    for flag, owners in aliases.items():
+        option = owners[0][1]
+        dest = "alias_" + flag.lstrip("-").replace("-", "_")
+        params.append(click.Option([flag, dest], is_flag=option.is_flag, default=None if not option.is_flag else False,
+                                   help=option.help or f"sets {option.field}"))
+
+    def callback(profile, quick, full, out_dir, sets, backend, address, **given):
+        profile = _profile(profile, quick, full)
+        values = _assignments(experiments, sets)
+        for flag, owners in aliases.items():
+            raw = given["alias_" + flag.lstrip("-").replace("-", "_")]
+            if raw is None or raw is False:
+                continue
+            for name, option in owners:
+                value = True if option.is_flag else (option.parse(raw) if option.parse else
+                                                     _value(experiments[name], option.field, raw))
+                values[name].setdefault(option.field, value)
+        from easyhard.experiments.registry import build_config
+
+        configs = {name: build_config(experiments[name], profile, values[name]) for name in experiments}
+        if profile == "full" and any(getattr(c, "device", "cuda") == "cpu" for c in configs.values()):
+            click.echo("easyhard: warning: the full profile is sized for one GPU; on the CPU it takes hours", err=True)
+        cells = None
+        if backend is not None:
+            from easyhard.runs import make_backend
+            from easyhard.runs.cells import BackendCells
+
+            cells = BackendCells(make_backend(backend, address=address))
+        elif address is not None:
+            raise ConfigError("--address needs --backend ray")
+        _run_job(experiments, configs, out_dir, cells, profile)
+
+    doc = "; ".join(f"{name}: {e.description}" for name, e in experiments.items())
+    return click.Command(prog, params=params, callback=callback, help=doc,
+                         context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+             add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def reproduce(args):
+    """Reproduce results into OUT (report.md, results.json, run.json, figures): reproduce [NAME] [OPTIONS].
+
+    NAME is a registered experiment (theory, staircase, scaling, images, memorization, exponents, recovery,
+    ...); without NAME the main job runs: the theory report, the staircase and the scaling laws.
+    `easyhard reproduce NAME --help` lists the options of NAME.
     """
-    if ctx.invoked_subcommand is not None:
-        return
-    start = time.perf_counter()
-    config = _staircase_config(profile, dims, seeds, steps_per_d, engine, device)
-    theory_results = _run_theory()
-    staircase_results = _run_staircase(config)
-    scaling_results, _ = _run_scaling(profile, out_dir, device)
-    _write(out_dir, {"command": "reproduce", "profile": profile, "staircase": dataclasses.asdict(config)}, start,
-           theory=theory_results, staircase=staircase_results, scaling=scaling_results)
+    from easyhard.experiments.registry import MAIN_JOB, names
+
+    args = list(args)
+    if args and not args[0].startswith("-"):
+        name = args.pop(0)
+        if name not in names():
+            raise ConfigError(f"experiment must be one of {', '.join(names())} (got {name!r})")
+        command = _experiment_command((name,), f"easyhard reproduce {name}")
+    else:
+        command = _experiment_command(MAIN_JOB, "easyhard reproduce")
+    command.main(args, prog_name=command.name, standalone_mode=False)
 
 
-@reproduce.command()
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
-def theory(out_dir):
-    """Exponent table for the canonical settings (JSON + Markdown + figure)."""
-    start = time.perf_counter()
-    _write(out_dir, {"command": "reproduce theory"}, start, theory=_run_theory())
+@cli.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def report(out_dir):
+    """Rebuild OUT/report.md and every figure from OUT/results.json alone."""
+    from easyhard.runs.reproduce import rebuild_report
 
-
-@reproduce.command()
-@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile (default)")
-@click.option("--full", "profile", flag_value="full", help="larger d and more seeds (meant for a GPU)")
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
-@_staircase_options
-def staircase(profile, out_dir, dims, seeds, steps_per_d, engine, device):
-    """Online-SGD staircase: |alpha_u|, |alpha_v| against steps/d for independent and sign-coupled latents."""
-    start = time.perf_counter()
-    config = _staircase_config(profile, dims, seeds, steps_per_d, engine, device)
-    _write(out_dir, {"command": "reproduce staircase", "profile": profile, "staircase": dataclasses.asdict(config)},
-           start, staircase=_run_staircase(config))
-
-
-@reproduce.command()
-@click.option("--quick", "profile", flag_value="quick", default=True, help="CPU profile, < 10 min on 2 cores (default)")
-@click.option("--full", "profile", flag_value="full", help="full engine to d = 512 and reduced simulator to d = 1024 (GPU)")
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]")
-def scaling(profile, out_dir, device):
-    """Sample-complexity laws: recovery time against d for u, v (sign-coupled) and v (independent, calibrated).
-
-    Finished cells are kept under OUT/cells and reused when the command is run again.
-    """
-    start = time.perf_counter()
-    results, device = _run_scaling(profile, out_dir, device)
-    _write(out_dir, {"command": "reproduce scaling", "profile": profile, "device": device}, start, scaling=results)
-
-
-@reproduce.command()
-@click.option("--quick", "profile", flag_value="quick", default=True,
-              help="embedded 8x8 patches, MLP, two seeds, CPU (default)")
-@click.option("--full", "profile", flag_value="full", help="CIFAR-10 from --data-dir with a U-Net (meant for a GPU)")
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
-              help="CIFAR-10 Python batches (--full), or a folder of PNG/JPEG images with --data folder")
-@click.option("--data", "data_kind", default=None, help="patches, cifar10 or folder [default: the profile's]")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA)")
-@click.option("--steps", type=int, default=None, help="training steps per arm [default: the profile's]")
-@click.option("--seeds", type=int, default=None, help="number of seeds (each trains a real and a clone arm)")
-@click.option("--workers", type=int, default=2, show_default=True, help="arms trained in parallel processes")
-@click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]")
-def images(profile, out_dir, data_dir, data_kind, compile_, steps, seeds, workers, device):
-    """Simplicity bias on natural images: a real arm against its Gaussian clone (losses, samples, Wiener distance)."""
-    import torch
-
-    from easyhard.experiments.images import QUICK, run_images
-
-    start = time.perf_counter()
-    device = device or ("cuda" if profile == "full" and torch.cuda.is_available() else "cpu")
-    overrides = {"workers": workers, "device": device, "compile": compile_}
-    if profile == "full":
-        overrides |= {"data": "cifar10", "model": "unet", "batch_size": 128, "lr": 2e-4,
-                      "steps": 200_000, "warmup": 5000, "n_train": 50_000, "n_test": 10_000, "seeds": (0, 1, 2)}
-    if steps is not None:
-        overrides["steps"] = steps
-    if seeds is not None:
-        overrides["seeds"] = tuple(range(seeds))
-    if data_kind is not None:
-        overrides["data"] = data_kind
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    config = dataclasses.replace(QUICK, **overrides)
-    runs = 2 * len(config.seeds)
-    with click.progressbar(length=runs, label="images (real and clone arms)", file=sys.stderr,
-                           item_show_func=lambda label: label) as bar:
-        results = run_images(config, out_dir, progress=lambda label: bar.update(1, label))
-    for seed, row in results["checks"]["seeds"].items():
-        click.echo(f"seed {seed}: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in row["pass"].items()))
-    click.echo(f"image checks pass: {results['checks']['all_pass']}")
-    _write(out_dir, {"command": "reproduce images", "profile": profile, "images": config.to_dict()}, start,
-           images=results)
-
-
-@reproduce.command()
-@click.option("--quick", "profile", flag_value="quick", default=True,
-              help="Gaussian mixture in d = 16, n = 16..128, 4 splits x 4 seeds, CPU, < 10 min (default)")
-@click.option("--full", "profile", flag_value="full", help="embedded image patches, n = 64..1024 (meant for a GPU)")
-@click.option("--out", "out_dir", default="easyhard-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--data", "data_kind", default=None, help="mixture, patches or cifar10 [default: the profile's]")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="CIFAR-10 Python batches")
-@click.option("--steps", type=int, default=None, help="training steps [default: the profile's]")
-@click.option("--seeds", type=int, default=None, help="seeds per n [default: the profile's]")
-@click.option("--device", default=None, help="cpu or cuda [default: cuda for --full when available, else cpu]")
-def memorization(profile, out_dir, data_kind, data_dir, steps, seeds, device):
-    """Memorisation onset tau_mem against n, and the sample-split peak before the test-loss minimum.
-
-    The run lives in OUT/memorization (training state and per-checkpoint records): an interrupted run
-    resumes from its last checkpoint, and a finished one is only re-analysed.
-    """
-    from pathlib import Path
-
-    import torch
-
-    from easyhard.experiments.memorization import profile as memorization_profile
-    from easyhard.experiments.memorization import run_memorization
-
-    start = time.perf_counter()
-    config = memorization_profile(profile)
-    overrides = {"device": device or ("cuda" if config.device == "cuda" and torch.cuda.is_available() else "cpu")}
-    if data_kind is not None:
-        overrides["data"] = data_kind
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    if seeds is not None:
-        overrides["seeds"] = seeds
-    if steps is not None:
-        overrides["train"] = dataclasses.replace(config.train, steps=steps)
-    config = dataclasses.replace(config, **overrides)
-    with click.progressbar(length=config.train.steps, label="memorization (ensemble training)", file=sys.stderr) as bar:
-        results = run_memorization(config, Path(out_dir) / "memorization", progress=bar.update)
-    for name, check in results["checks"].items():
-        click.echo(f"{name}: {'pass' if check['passed'] else 'FAIL'} ({check['criterion']})")
-    fit = results["fits"][str(config.threshold)]
-    if "kappa" in fit:
-        click.echo("tau_mem ~ n^{:.2f} [{:.2f}, {:.2f}]".format(fit["kappa"], *fit["interval"]))
-    click.echo(f"memorization checks pass: {all(c['passed'] for c in results['checks'].values())}")
-    _write(out_dir, {"command": "reproduce memorization", "profile": profile, "memorization": config.to_dict()}, start,
-           memorization={**results, "config": config.to_dict()})
+    paths = rebuild_report(out_dir)
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 class _SweepFailed(Exception):
@@ -530,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as err:
         click.echo(f"easyhard: error: {err}", err=True)
         return 1
-    except _SweepFailed as err:
+    except (_SweepFailed, CellsFailed) as err:
         click.echo(f"easyhard: error: {err}", err=True)
         return 1
     except click.Abort:

@@ -1,71 +1,188 @@
-"""Named experiments that sweeps can run: a table from name to ``"module:attribute"``, imported on first use.
+"""The experiment interface and the one registry of named experiments.
 
-An experiment is any object with
+An :class:`Experiment` bundles
 
 - ``config_cls``: a frozen dataclass whose ``__post_init__`` validates its fields (raising ``ConfigError``);
-- ``run(config) -> dict``: runs one configuration and returns JSON-able metrics. Scalars (numbers, strings,
-  booleans, None) become columns of a sweep's results table; lists and dicts stay in the run's metrics.json.
+- ``run(config, ctx) -> dict``: runs one configuration and returns JSON-able results. ``ctx`` is a
+  :class:`RunContext` (working folder for resumable state, a progress callback, and the runner of
+  independent cells); it may be None, e.g. for a quick call from Python;
+- ``profiles``: named configurations (``smoke``: seconds, every code path; ``quick``: the CPU demonstration;
+  ``full``: the GPU-sized run), each a function returning a config;
+- ``report``: the report section built from the saved results only, ``report(results, out_dir) ->
+  (figure file names, Markdown)``, so ``easyhard report OUT`` rebuilds a report from ``results.json``;
+- ``options``: command-line aliases (:class:`Option`, e.g. ``--dims 64,128`` for the field ``dims``), and
+  ``summary``/``total``: the lines printed after a run and the length of its progress bar.
 
-:class:`Experiment` bundles the two. Nothing is imported here beyond the standard library: the module behind
-an entry is imported by :func:`get_experiment` only when that experiment is requested, so registering an
-experiment never costs an import (or requires its optional dependencies) until it is used.
+The command line is generated from these fields (``easyhard reproduce NAME``, ``easyhard sweep``,
+``easyhard report``): adding an experiment is one new module and one line in :data:`REGISTRY`. Nothing
+is imported here beyond the standard library: the module behind an entry is imported by
+:func:`get_experiment` only when that experiment is requested, so registering an experiment never costs
+an import (or requires its optional dependencies) until it is used.
 
-Besides the registered names, :func:`get_experiment` accepts ``"package.module:ATTRIBUTE"`` for an experiment
-defined outside easyhard (it must be importable, also by the sweep's worker processes).
+Besides the registered names, :func:`get_experiment` accepts ``"package.module:ATTRIBUTE"`` and
+``"path/to/file.py:ATTRIBUTE"`` for an experiment defined outside easyhard (importable also by a sweep's
+worker processes), and :func:`register` adds a name at run time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import importlib.util
 import json
 import math
+import re
+import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 from easyhard._validate import ConfigError
 
 #: experiment name -> "module:attribute" of its :class:`Experiment`; resolved lazily
 REGISTRY: dict[str, str] = {
+    "theory": "easyhard.experiments.theory_report:THEORY",
+    "staircase": "easyhard.experiments.staircase:STAIRCASE",
+    "scaling": "easyhard.experiments.scaling:SCALING",
+    "images": "easyhard.experiments.images:IMAGES",
+    "memorization": "easyhard.experiments.memorization:MEMORIZATION",
+    "diagnose": "easyhard.experiments.diagnose:DIAGNOSE",
     "exponents": "easyhard.experiments.sweepable:EXPONENTS",
     "recovery": "easyhard.experiments.scaling:RECOVERY",
 }
 
-#: the registered experiment names
+#: the registered experiment names (at import time; :func:`names` includes later registrations)
 EXPERIMENTS: tuple[str, ...] = tuple(REGISTRY)
+
+#: the experiments of the main job, ``easyhard reproduce`` without a name, in report order
+MAIN_JOB: tuple[str, ...] = ("theory", "staircase", "scaling")
+
+#: the profile names every experiment may define
+PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "full")
+
+
+class Progress(Protocol):
+    """Progress callback: ``advance`` units of the experiment's ``total`` are done; ``label`` says what."""
+
+    def __call__(self, advance: int = 1, label: str | None = None) -> None: ...
+
+
+class CellRunner(Protocol):
+    """Runs independent cells, each a config of a registered experiment, and returns their results by label.
+
+    Finished cells are read back from ``cache_dir`` (one JSON per cell, :class:`CellCache`) when given.
+    """
+
+    def __call__(self, experiment: str, cells: Sequence[tuple[str, Any]], cache_dir: Path | None,
+                 progress: Progress | None = None) -> dict[str, dict]: ...
+
+
+def _no_progress(advance: int = 1, label: str | None = None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run may use besides its config: ``out_dir`` for resumable state (None: keep nothing),
+    ``progress`` and ``cells`` (the runner of independent cells; default: in this process, one by one)."""
+
+    out_dir: Path | None = None
+    progress: Progress = _no_progress
+    cells: CellRunner | None = None
+    checkpoint: Path | None = None  # where a single resumable computation keeps its state
+
+    def run_cells(self, experiment: str, cells: Sequence[tuple[str, Any]], subdir: str = "cells") -> dict[str, dict]:
+        """Results of ``cells`` (label, config of ``experiment``), cached under ``out_dir/subdir``."""
+        runner = self.cells or run_cells_inline
+        cache = None if self.out_dir is None else Path(self.out_dir) / subdir
+        return runner(experiment, cells, cache, self.progress)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line alias of a config field: ``--flag VALUE`` sets ``field`` (dotted for nested configs) to
+    ``parse(VALUE)`` (default: the field's own parsing, as for ``--set``)."""
+
+    flag: str
+    field: str
+    help: str = ""
+    parse: Callable[[str], Any] | None = None
+    is_flag: bool = False
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """A named experiment: its config dataclass and the function that runs one config to a metrics dict."""
+    """A named experiment (module docstring)."""
 
     name: str
     config_cls: type
-    run: Callable[[Any], dict]
+    run: Callable[[Any, RunContext | None], dict]
     description: str = ""
+    profiles: Mapping[str, Callable[[], Any]] = field(default_factory=dict)  # -> config or dict of fields
+    report: Callable[[dict, Path], tuple[list[str], str]] | None = None
+    options: tuple[Option, ...] = ()
+    summary: Callable[[dict], list[str]] | None = None
+    total: Callable[[Any], int] | None = None
 
 
-def get_experiment(name: str):
+def register(name: str, target: str) -> None:
+    """Register ``target`` ("module:attribute" or "path/to/file.py:attribute") under ``name``; later lookups
+    (CLI, sweeps and their worker processes, reports) find it like a built-in experiment."""
+    if not isinstance(target, str) or ":" not in target:
+        raise ConfigError(f"target must be 'module:attribute' or 'file.py:attribute' (got {target!r})")
+    REGISTRY[name] = target
+
+
+def names() -> tuple[str, ...]:
+    """Every registered name, built-in first."""
+    return tuple(REGISTRY)
+
+
+def resolve_target(name: str) -> str:
+    """The "module:attribute" (or "file.py:attribute") behind ``name``; worker processes import by it."""
+    return REGISTRY.get(name, name)
+
+
+def _import_file(path: str):
+    key = "_easyhard_file_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module
+
+
+def get_experiment(name: str) -> Experiment:
     """The experiment registered as ``name`` (or the object at ``"module:attribute"``), imported now.
 
     Raises ConfigError for an unknown name (listing the known ones), an entry that cannot be imported,
     or an object without a dataclass ``config_cls`` and a callable ``run``.
     """
+    known = ", ".join(names())
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"experiment must be a non-empty string, one of {', '.join(EXPERIMENTS)} (got {name!r})")
+        raise ConfigError(f"experiment must be a non-empty string, one of {known} (got {name!r})")
     target = REGISTRY.get(name)
     if target is None:
         if ":" not in name:
-            raise ConfigError(f"experiment must be one of {', '.join(EXPERIMENTS)} or 'module:attribute' "
-                              f"(got {name!r})")
+            raise ConfigError(f"experiment must be one of {known} or 'module:attribute' (got {name!r})")
         target = name
-    module_name, _, attribute = target.partition(":")
+    module_name, _, attribute = target.rpartition(":")
     try:
-        obj = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
+        module = _import_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+        obj = getattr(module, attribute)
+    except (ImportError, AttributeError, OSError) as err:
         raise ConfigError(f"experiment {name!r} ({target}) could not be imported: "
                           f"{type(err).__name__}: {' '.join(str(err).split())}") from None
     config_cls = getattr(obj, "config_cls", None)
@@ -95,10 +212,24 @@ def _allowed_types(hint) -> tuple[type, ...] | None:
     return None
 
 
-def _coerce(field: str, value: Any, hint) -> Any:
+def _settable(hint) -> bool:
+    """Whether a field of this type can be set from a command line or a sweep file (scalars, tuples of
+    scalars, and dicts of plain values); nested dataclasses are set field by field (dotted names)."""
+    if _allowed_types(hint) is not None or hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        return all(a is Ellipsis or _allowed_types(a) is not None for a in typing.get_args(hint))
+    return origin is dict or hint is dict
+
+
+def _coerce(field_name: str, value: Any, hint) -> Any:
     """Check ``value`` against a scalar hint (ints widen to float; "none" -> None for optional numbers)."""
     if isinstance(value, list):
-        value = tuple(_coerce(field, v, None) for v in value)
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis] if hint is not None else []
+        inner = args[0] if len(args) == 1 or (len(args) > 1 and all(a == args[0] for a in args)) else None
+        value = tuple(_coerce(field_name, v, inner) for v in value)
+        return value
     allowed = _allowed_types(hint)
     if allowed is None:
         return value
@@ -120,35 +251,97 @@ def _coerce(field: str, value: Any, hint) -> Any:
         if str in allowed:
             return value
     words = " or ".join(_TYPE_WORDS[t] for t in allowed)
-    raise ConfigError(f"{field} must be {words} (got {value!r})")
+    raise ConfigError(f"{field_name} must be {words} (got {value!r})")
 
 
-def make_config(experiment, values: Mapping[str, Any], context: str = ""):
-    """Build and validate the experiment's config from ``values`` (missing fields take their defaults).
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotations: no type pre-check
+        return {}
 
-    Unknown fields raise ConfigError naming the field and listing the allowed ones. Values are checked
-    against the field types first: an integer given for a float field becomes a float (so ``beta = 5`` and
-    ``beta = 5.0`` give the same config), lists become tuples, and the string "none" sets an optional
-    number to None. Then the dataclass is constructed, so its own checks run. ``context`` (e.g. "run 3")
-    prefixes error messages.
+
+def _apply(cls: type, base: Any, values: Mapping[str, Any], prefix: str, exp_name: str) -> Any:
+    """A config of ``cls`` from ``base`` (None: defaults) with ``values`` set, dotted names into nested dataclasses."""
+    fields_ = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _hints(cls)
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        head, dot, rest = key.partition(".")
+        full = prefix + head
+        if head not in fields_:
+            raise ConfigError(f"unknown field {prefix + key!r} for experiment {exp_name!r} "
+                              f"(allowed: {', '.join(prefix + f for f in fields_)})")
+        hint = hints.get(head)
+        sub_cls = hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+        if dot:
+            if sub_cls is None:
+                raise ConfigError(f"field {full!r} has no sub-fields (got {prefix + key!r})")
+            nested.setdefault(head, {})[rest] = value
+        elif sub_cls is not None and not isinstance(value, dict):
+            raise ConfigError(f"field {full!r} is a group of settings: set its fields as {full}.NAME=VALUE "
+                              f"(allowed: {', '.join(f'{full}.{f.name}' for f in dataclasses.fields(sub_cls))})")
+        elif sub_cls is not None:
+            nested.setdefault(head, {}).update(value)
+        elif hint is not None and not _settable(hint):
+            raise ConfigError(f"field {full!r} cannot be set from a command line or a sweep file")
+        else:
+            direct[head] = _coerce(full, value, hint)
+    for head, sub_values in nested.items():
+        sub_cls = hints[head]
+        sub_base = getattr(base, head) if base is not None else None
+        if isinstance(sub_base, dict):
+            sub_base = sub_cls(**sub_base)
+        direct[head] = _apply(sub_cls, sub_base, sub_values, f"{prefix}{head}.", exp_name)
+    return cls(**direct) if base is None else dataclasses.replace(base, **direct)
+
+
+def make_config(experiment, values: Mapping[str, Any], context: str = "", base: Any = None):
+    """Build and validate the experiment's config from ``values`` over ``base`` (None: the class defaults).
+
+    Unknown fields raise ConfigError naming the field and listing the allowed ones. Nested settings are
+    set with dotted names (``train.steps``). Values are checked against the field types first: an integer
+    given for a float field becomes a float (so ``beta = 5`` and ``beta = 5.0`` give the same config),
+    lists become tuples, and the string "none" sets an optional number to None. Then the dataclass is
+    constructed, so its own checks run. ``context`` (e.g. "run 3") prefixes error messages.
     """
     prefix = f"{context}: " if context else ""
-    allowed = config_fields(experiment)
-    for key in values:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}unknown field {key!r} for experiment {getattr(experiment, 'name', '?')!r} "
-                              f"(allowed: {', '.join(allowed)})")
     try:
-        hints = typing.get_type_hints(experiment.config_cls)
-    except Exception:  # unresolvable annotations: construct without the type pre-check
-        hints = {}
-    try:
-        kwargs = {key: _coerce(key, value, hints.get(key)) for key, value in values.items()}
-        return experiment.config_cls(**kwargs)
+        return _apply(experiment.config_cls, base, values, "", getattr(experiment, "name", "?"))
     except ConfigError as err:
         raise ConfigError(f"{prefix}{err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{prefix}invalid config: {' '.join(str(err).split())}") from None
+
+
+def build_config(experiment: Experiment, profile: str | None = None, values: Mapping[str, Any] | None = None,
+                 resolve_auto: bool = True):
+    """The config of ``profile`` with ``values`` set (dotted names for nested settings), validated once.
+
+    A profile is a function returning a config or a dict of field values over the class defaults (for
+    profiles that are only valid with more settings, such as a data folder). Without ``profile``: the
+    ``quick`` profile if there is one, else the class defaults. With ``resolve_auto`` a top-level ``device``
+    of "auto" becomes "cuda" when torch sees a GPU, else "cpu". ConfigError names an unknown profile or
+    field and lists the allowed ones.
+    """
+    from easyhard._validate import resolve_device
+
+    if profile is None:
+        profile = "quick" if "quick" in experiment.profiles else None
+    elif profile not in experiment.profiles:
+        allowed = ", ".join(experiment.profiles) or "none (use --set)"
+        raise ConfigError(f"profile must be one of {allowed} for experiment {experiment.name!r} (got {profile!r})")
+    base = None if profile is None else experiment.profiles[profile]()
+    values = dict(values or {})
+    if isinstance(base, Mapping):
+        config = make_config(experiment, {**base, **values})
+    else:
+        config = make_config(experiment, values, base=base)
+    device = getattr(config, "device", None)
+    if resolve_auto and device == "auto":
+        config = dataclasses.replace(config, device=resolve_device(device))
+    return config
 
 
 def _jsonable(name: str, value: Any) -> Any:
@@ -162,6 +355,8 @@ def _jsonable(name: str, value: Any) -> Any:
         return [_jsonable(name, v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(name, v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        return config_to_dict(value)
     raise ConfigError(f"{name} has a value that cannot be recorded as JSON (got {type(value).__name__})")
 
 
@@ -173,3 +368,63 @@ def config_to_dict(config) -> dict[str, Any]:
 def canonical_json(data: Any) -> str:
     """Canonical JSON text (sorted keys, no spaces, exact float reprs) used to hash run configs."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+# ----- cells -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CellCache:
+    """One JSON per finished cell under ``folder`` ({"config", "metrics"}), named after the cell's label.
+
+    A cell whose saved config differs is run again. :meth:`checkpoint` names the resumable state of an
+    unfinished cell by its config, so a changed cell starts afresh (stale checkpoints are removed).
+    """
+
+    folder: Path
+
+    def path(self, label: str) -> Path:
+        return self.folder / (re.sub(r"[^A-Za-z0-9_.,+-]", "", label.replace(" ", "_")) + ".json")
+
+    def load(self, label: str, config_dict: dict) -> dict | None:
+        path = self.path(label)
+        if not path.exists():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return saved["metrics"] if isinstance(saved, dict) and saved.get("config") == config_dict else None
+
+    def save(self, label: str, config_dict: dict, metrics: dict) -> None:
+        from easyhard._io import atomic_write_json
+
+        atomic_write_json(self.path(label), {"config": config_dict, "metrics": metrics})
+
+    def checkpoint(self, label: str, config_dict: dict) -> Path:
+        path = self.path(label)
+        key = hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest()[:12]
+        checkpoint = path.with_name(f"{path.stem}-{key}.ckpt")
+        for stale in path.parent.glob(f"{path.stem}-*.ckpt"):
+            if stale != checkpoint:
+                stale.unlink()
+        return checkpoint
+
+
+def run_cells_inline(experiment: str, cells: Sequence[tuple[str, Any]], cache_dir: Path | None,
+                     progress: Progress | None = None) -> dict[str, dict]:
+    """The default :class:`CellRunner`: every cell in this process, in order, each resumable from its checkpoint."""
+    exp = get_experiment(experiment)
+    cache = None if cache_dir is None else CellCache(Path(cache_dir))
+    out = {}
+    for label, config in cells:
+        config_dict = config_to_dict(config)
+        metrics = None if cache is None else cache.load(label, config_dict)
+        if metrics is None:
+            checkpoint = None if cache is None else cache.checkpoint(label, config_dict)
+            metrics = exp.run(config, RunContext(out_dir=cache_dir, checkpoint=checkpoint))
+            if cache is not None:
+                cache.save(label, config_dict, metrics)
+        out[label] = metrics
+        if progress is not None:
+            progress(1, label)
+    return out

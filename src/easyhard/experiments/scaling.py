@@ -19,10 +19,7 @@ interval:
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,14 +28,16 @@ import numpy as np
 from easyhard._validate import (
     ConfigError,
     check_choice,
+    check_device,
     check_int_at_least,
     check_nonnegative,
     check_positive,
     check_unit_interval,
 )
+from easyhard.experiments._text import text_table
 from easyhard.activations import ACTIVATIONS, make_activation
 from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
-from easyhard.experiments.registry import Experiment
+from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.metrics import bootstrap_scaling, km_median, km_quantile
 from easyhard.models import Committee
 from easyhard.train import ENGINES, OnlineSGDConfig, run_online_sgd
@@ -121,13 +120,13 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def run_recovery(config: RecoveryConfig, progress: Callable[[int], None] | None = None,
-                 checkpoint: str | Path | None = None) -> dict:
+def run_recovery(config: RecoveryConfig, ctx: RunContext | None = None) -> dict:
     """Run one cell; returns recovery times (-1: censored), their Kaplan-Meier median and quartiles,
-    and the quartiles over runs of |alpha_u|, |alpha_v| at the logged steps. With ``checkpoint`` an
+    and the quartiles over runs of |alpha_u|, |alpha_v| at the logged steps. With ``ctx.checkpoint`` an
     interrupted cell resumes where it stopped (:func:`easyhard.train.run_online_sgd`)."""
     seeds = range(config.base_seed, config.base_seed + config.seeds)
-    res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, progress, checkpoint)
+    checkpoint = None if ctx is None else ctx.checkpoint
+    res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, None, checkpoint)
     times = res.recoveries(config.threshold)[:, 0, _SPIKE[config.direction]]
     abs_al = np.abs(res.overlaps[:, :, 0, :2])  # (L, E, 2): u, v
     curves = {f"abs_alpha_{name}_q{q}": np.percentile(abs_al[..., i], q, axis=1).tolist()
@@ -190,17 +189,21 @@ class ScalingConfig:
     phase_zetas: tuple[float, ...]
     zeta: float = 0.3
     n_boot: int = 1000
+    device: str = "cpu"
 
     def __post_init__(self):
         check_positive("zeta", self.zeta)
         check_int_at_least("n_boot", self.n_boot, 10)
+        check_device("device", self.device)
 
     def all_cells(self) -> list[tuple[str, RecoveryConfig]]:
-        """Every cell as (label, config), in run order."""
+        """Every cell as (label, config), in run order; cells of the full engine run on ``device`` (the exact
+        reduced simulator stays on the CPU, where its numba kernel runs)."""
         out = [(f"{p.name} d={c.d}", c) for p in self.parts for c in p.cells()]
         out += [(f"canonical d={d}", replace(self.canonical, d=d)) for d in self.canonical_dims]
         out += [(f"phase zeta={z:g}", replace(self.phase, delta=self.calibration_eps(z))) for z in self.phase_zetas]
-        return out
+        return [(label, cell if cell.engine == "reduced" else replace(cell, device=self.device))
+                for label, cell in out]
 
     def calibration_eps(self, zeta: float) -> float:
         return s1_calibration(zeta).eps
@@ -239,8 +242,9 @@ def _parts(dims_fast, dims_indep, seeds_fast, seeds_indep, indep_engine, budget_
 PROFILES = ("quick", "full", "smoke")
 
 
-def profile(name: str, device: str = "cpu") -> ScalingConfig:
-    """The named :class:`ScalingConfig` (see ``PROFILES``)."""
+def profile(name: str) -> ScalingConfig:
+    """The named :class:`ScalingConfig` (see ``PROFILES``); ``full`` runs its full-engine cells on CUDA when
+    available (device "auto")."""
     check_choice("profile", name, PROFILES)
     zetas = (3.0, 1.0, 0.3, 0.1, 0.05, 0.03)
     if name == "smoke":  # seconds: every code path, sizes far too small for the acceptance ranges
@@ -257,36 +261,13 @@ def profile(name: str, device: str = "cpu") -> ScalingConfig:
                                    seeds=32, engine="auto")
         phase = RecoveryConfig(**S1, d=64, budget=1.0, budget_power=3.3, seeds=32)
         return ScalingConfig(parts, canonical, (64, 128), phase, zetas)
-    fast = _parts((64, 128, 256, 512, 1024), (64, 128, 256, 512), 256, 256, "auto", 4.0, device, "float32")
+    fast = _parts((64, 128, 256, 512, 1024), (64, 128, 256, 512), 256, 256, "auto", 4.0, "cpu", "float32")
     reduced = _parts((), (32, 64, 128, 256, 512, 1024), 256, 256, "reduced", 5.0, "cpu", "float32")[2]
     parts = fast + (replace(reduced, name="v_indep_reduced"),)
     canonical = RecoveryConfig(**CANONICAL, direction="u", delta=0.5, p=1.0, budget=100.0, budget_power=2.0,
-                               seeds=64, engine="auto", device=device)
+                               seeds=64, engine="auto")
     phase = RecoveryConfig(**S1, d=128, budget=1.0, budget_power=3.3, seeds=64)
-    return ScalingConfig(parts, canonical, (128, 256), phase, zetas)
-
-
-def _run_cell(label: str, cell: RecoveryConfig, cache_dir, progress) -> dict:
-    """Metrics of one cell, read back from ``cache_dir`` when a finished cell with the same config is there."""
-    from easyhard.runs import atomic_write_json
-
-    path = checkpoint = None
-    if cache_dir is not None:
-        path = cache_dir / (label.replace(" ", "_").replace("=", "") + ".json")
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("config") == asdict(cell):
-                return saved["metrics"]
-        # an interrupted cell resumes from its checkpoint, named by the config (a changed cell starts afresh)
-        key = hashlib.sha256(json.dumps(asdict(cell), sort_keys=True).encode()).hexdigest()[:12]
-        checkpoint = path.with_name(f"{path.stem}-{key}.ckpt")
-        for stale in path.parent.glob(f"{path.stem}-*.ckpt"):
-            if stale != checkpoint:
-                stale.unlink()
-    metrics = run_recovery(cell, progress, checkpoint)
-    if path is not None:
-        atomic_write_json(path, {"config": asdict(cell), "metrics": metrics})
-    return metrics
+    return ScalingConfig(parts, canonical, (128, 256), phase, zetas, device="auto")
 
 
 def _fit_part(part: Part, cells: list[dict], n_boot: int, calibration) -> dict:
@@ -334,14 +315,11 @@ def _phase_summary(config: ScalingConfig, cells: list[dict]) -> dict:
     return {"d": d, "x": xs.tolist(), "rows": rows}
 
 
-def run_scaling(config: ScalingConfig, cache_dir=None, progress: Callable[[str], None] | None = None) -> dict:
-    """Run every cell (reusing finished ones found in ``cache_dir``), fit the laws and check the acceptance."""
+def run_scaling(config: ScalingConfig, ctx: RunContext | None = None) -> dict:
+    """Run every cell through ``ctx``'s cell runner (finished ones are reused from ``OUT/cells``), fit the
+    laws and check the acceptance."""
     cal = s1_calibration(config.zeta)
-    metrics = {}
-    for label, cell in config.all_cells():
-        metrics[label] = _run_cell(label, cell, cache_dir, None)
-        if progress is not None:
-            progress(label)
+    metrics = (ctx or RunContext()).run_cells("recovery", config.all_cells())
     parts = {p.name: _fit_part(p, [metrics[f"{p.name} d={d}"] for d in p.dims], config.n_boot, cal)
              for p in config.parts}
     canonical = _canonical_summary([metrics[f"canonical d={d}"] for d in config.canonical_dims])
@@ -371,3 +349,35 @@ def acceptance(parts: dict, canonical: dict) -> dict:
                                              "pass": all(abs(r - 1) <= 0.15 for r in ratios)}
     checks["all_pass"] = all(c["pass"] for c in checks.values())
     return checks
+
+
+def report_scaling(results: dict, out: Path) -> tuple[list[str], str]:
+    """The scaling-law, collapse and phase-diagram figures and the Markdown section."""
+    from easyhard.report.scaling import plot_collapse, plot_phase, plot_scaling, render_scaling
+
+    laws = plot_scaling(results["parts"], out / "scaling_laws.png")
+    collapse = plot_collapse(results["parts"], out / "scaling_collapse.png")
+    phase = plot_phase(results["phase"], out / "scaling_phase.png")
+    figures = {"censored median recovery time against d": laws.name,
+               "overlaps against steps / d^(k-1)": collapse.name,
+               "fraction recovered against log n / log d and the step constant": phase.name}
+    return list(figures.values()), render_scaling(results, figures)
+
+
+def summarize_scaling(results: dict) -> list[str]:
+    """The fitted exponents per law and the checks, as printed after a run."""
+    rows = [[name, part["law"], ", ".join(map(str, part["fit"]["dims"])),
+             "{:.3f} [{:.3f}, {:.3f}]".format(part["fit"]["kappa"], *part["fit"]["interval"])]
+            for name, part in results["parts"].items()]
+    return [text_table(["part", "predicted", "dims", "kappa (95% CI)"], rows), "",
+            f"canonical setting: u learned, v not: {results['canonical']['u_learned_v_not']}",
+            f"scaling checks pass: {results['acceptance']['all_pass']}"]
+
+
+SCALING = Experiment(
+    "scaling", ScalingConfig, run_scaling,
+    "sample-complexity laws: censored median recovery time against d, fitted exponents, phase diagram",
+    profiles={name: functools.partial(profile, name) for name in PROFILES}, report=report_scaling,
+    options=(Option("--device", "device", "cpu, cuda or auto (full-engine cells; the reduced simulator runs on "
+                    "the CPU)"),),
+    summary=summarize_scaling, total=lambda config: len(config.all_cells()))

@@ -13,13 +13,16 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
+from easyhard._validate import ConfigError, check_choice, check_device, check_int_at_least, check_positive
 from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel
+from easyhard.experiments._text import fmt_num, text_table
+from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.metrics import aligned_fraction, sustained_recovery
 from easyhard.models import Committee
 from easyhard.oracles import per_direction_mse
@@ -61,6 +64,7 @@ class StaircaseConfig:
         for name in ("beta_u", "beta_v", "t", "delta", "v_window_per_d"):
             check_positive(name, getattr(self, name))
         check_int_at_least("steps_per_d", self.steps_per_d, 1)
+        check_device("device", self.device)
 
     def model(self, d: int, coupling: str) -> MixedCumulantModel:
         return MixedCumulantModel.create(d=d, beta_u=self.beta_u, beta_v=self.beta_v, coupling=coupling)
@@ -78,8 +82,9 @@ class StaircaseConfig:
 
 
 PROFILES = {
+    "smoke": StaircaseConfig(dims=(16, 32), seeds=4, steps_per_d=10),
     "quick": StaircaseConfig(dims=(64, 128, 256), seeds=32),
-    "full": StaircaseConfig(dims=(128, 256, 512, 1024), seeds=256, dtype="float32"),
+    "full": StaircaseConfig(dims=(128, 256, 512, 1024), seeds=256, dtype="float32", device="auto"),
 }
 
 
@@ -220,8 +225,10 @@ def acceptance(cells: list[dict], config: StaircaseConfig) -> dict:
     return {"checks": checks, "all_pass": all(v for cell in checks.values() for v in cell.values())}
 
 
-def run_staircase(config: StaircaseConfig, progress: Callable[[int], None] | None = None) -> dict:
-    """All (coupling, d) cells; returns a JSON-ready dict with the acceptance checks."""
+def run_staircase(config: StaircaseConfig, ctx: RunContext | None = None) -> dict:
+    """All (coupling, d) cells; returns a JSON-ready dict with the acceptance checks (progress: SGD steps
+    per member)."""
+    progress = None if ctx is None else ctx.progress
     cells = []
     for coupling in config.couplings:
         theory = CouplingTheory.of(config, coupling)
@@ -233,3 +240,41 @@ def profile(name: str, **overrides) -> StaircaseConfig:
     """A named profile ("quick" for CPU, "full" for a GPU) with optional field overrides."""
     check_choice("profile", name, PROFILES)
     return replace(PROFILES[name], **overrides)
+
+
+def report_staircase(results: dict, out: Path) -> tuple[list[str], str]:
+    """The staircase's overlap and loss figures and its Markdown section."""
+    from easyhard.report.staircase import plot_loss, plot_overlaps, render_staircase
+
+    over = plot_overlaps(results["cells"], out / "staircase_overlaps.png")
+    loss = plot_loss(results["cells"], out / "staircase_loss.png")
+    figures = {"overlaps against steps/d": over.name, "excess loss against steps/d": loss.name}
+    return list(figures.values()), render_staircase(results, figures)
+
+
+def summarize_staircase(results: dict) -> list[str]:
+    """One row per cell (final overlaps, recovery of u, v in its window, direction) and the checks."""
+    rows = [[c["coupling"], c["d"], f"{c['final_abs_alpha_u']:.3f}", f"{c['final_abs_alpha_v']:.3f}",
+             f"{c['median_recovery_u_over_d']:.2f}", fmt_num(c.get("v_within_window"), ".0%"),
+             "({:.3f}, {:.3f})".format(*c["final_direction_mean"])] for c in results["cells"]]
+    return [text_table(["coupling", "d", "|alpha_u|", "|alpha_v|", "n_hit(u)/d", "v in window", "direction"], rows),
+            "", f"staircase checks pass: {results['acceptance']['all_pass']}"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--dims must be comma-separated integers >= 8 (got {text!r})") from None
+
+
+STAIRCASE = Experiment(
+    "staircase", StaircaseConfig, run_staircase,
+    "online SGD of the single neuron: u learned first, v only with sign-coupled latents",
+    profiles={name: functools.partial(profile, name) for name in PROFILES}, report=report_staircase,
+    options=(Option("--dims", "dims", "comma-separated dimensions d (>= 8)", _ints),
+             Option("--seeds", "seeds", "seeds (ensemble members) per cell"),
+             Option("--steps-per-d", "steps_per_d", "SGD steps per member, in units of d"),
+             Option("--engine", "engine", "online-SGD engine: auto, numba or torch"),
+             Option("--device", "device", "cpu, cuda or auto")),
+    summary=summarize_staircase, total=lambda config: config.total_member_steps() // config.seeds)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_nonnegative, check_positive
 from easyhard.activations import ACTIVATIONS, make_activation
 from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
-from easyhard.experiments.registry import Experiment
+from easyhard.experiments.registry import Experiment, RunContext
 from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients
 
 
@@ -57,7 +57,7 @@ class ExponentsConfig:
                             self.a_out)
 
 
-def run_exponents(config: ExponentsConfig) -> dict:
+def run_exponents(config: ExponentsConfig, ctx: RunContext | None = None) -> dict:
     """Exponents of u and v as flat metrics.
 
     Per direction s in (u, v): ``k_s`` (exponent k*, None when the loss does not depend on alpha_s up to

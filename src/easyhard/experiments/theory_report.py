@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from easyhard.activations import make_activation
+from easyhard.experiments._text import fmt_num, text_table
+from easyhard.experiments.registry import Experiment, RunContext
 from easyhard.data import MixedCumulantModel, make_latent_law
 from easyhard.oracles import per_direction_mse
 from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients, overlap_loss
@@ -113,3 +116,43 @@ def run_theory_report(settings: tuple[TheorySetting, ...] = CANONICAL_SETTINGS,
                     "rows": [{"t": t, **per_direction_mse(model, t)} for t in MSE_TIMES]})
     return {"exponents": rows, "oracle_mse": mse,
             "all_match": all(d["matches"] for r in rows for d in r["directions"].values())}
+
+
+@dataclass(frozen=True)
+class TheoryConfig:
+    """The theory report has no settings: it evaluates the fixed tables :data:`CANONICAL_SETTINGS` and
+    :data:`MSE_SETTINGS` (quadrature only, no randomness)."""
+
+
+def run_theory(config: TheoryConfig, ctx: RunContext | None = None) -> dict:
+    """:func:`run_theory_report` as an experiment (progress: one unit per setting)."""
+    progress = None if ctx is None else (lambda name: ctx.progress(1, name))
+    return run_theory_report(progress=progress)
+
+
+def report_theory(results: dict, out: Path) -> tuple[list[str], str]:
+    """Loss-curve figure, ``exponents.json`` (the exponent table by setting) and the Markdown section."""
+    from easyhard._io import atomic_write_json
+    from easyhard.report import plot_loss_curves, render_markdown
+
+    figure = plot_loss_curves(results["exponents"], out / "loss_curves.png")
+    table = {row["setting"]["name"]: {k: {f: d[f] for f in ("exponent", "slope", "samples", "step", "coefficient")}
+                                      for k, d in row["directions"].items()} for row in results["exponents"]}
+    exponents = atomic_write_json(out / "exponents.json", table)
+    section = render_markdown(results, figure.name).replace("# easyhard theory report",
+                                                            "## Theory: exponents and oracle MSEs")
+    return [figure.name, exponents.name], section
+
+
+def summarize_theory(results: dict) -> list[str]:
+    """The exponent table (setting, direction, k*, slope, samples) and whether every exponent matches."""
+    rows = [[r["setting"]["name"], k, fmt_num(d["exponent"], "d"), fmt_num(d["slope"], ".3f"), d["samples"]]
+            for r in results["exponents"] for k, d in r["directions"].items()]
+    return [text_table(["setting", "dir", "k*", "slope", "samples"], rows), "",
+            f"all exponents as predicted: {results['all_match']}"]
+
+
+THEORY = Experiment("theory", TheoryConfig, run_theory,
+                    "diffusion information exponents and exact-denoiser MSEs of the canonical settings",
+                    profiles={name: TheoryConfig for name in ("smoke", "quick", "full")}, report=report_theory,
+                    summary=summarize_theory, total=lambda config: len(CANONICAL_SETTINGS) + len(MSE_SETTINGS))

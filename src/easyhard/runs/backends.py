@@ -43,9 +43,11 @@ class Task:
     """One run to execute: the experiment name and its full config as a JSON-able dict."""
 
     run_id: str
-    experiment: str
+    experiment: str  # a registered name or the "module:attribute" / "file.py:attribute" behind it
     config: dict
     threads: int | None = 1  # torch threads in the worker; None keeps torch's default
+    work_dir: str | None = None  # the run's working folder (resumable state), if it keeps one
+    checkpoint: str | None = None  # where a single resumable computation keeps its state
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ def execute(task: Task, gpu: bool | None = None) -> RunResult:
     ``gpu``: whether this worker holds a GPU, which resolves a config's ``device = "auto"`` to "cuda" or
     "cpu"; None detects it (``torch.cuda.is_available()``).
     """
-    from easyhard.experiments.registry import get_experiment, make_config
+    from pathlib import Path
+
+    from easyhard.experiments.registry import RunContext, get_experiment, make_config
     from easyhard.runs.io import environment_info
 
     started, start = _now(), time.perf_counter()
@@ -125,7 +129,9 @@ def execute(task: Task, gpu: bool | None = None) -> RunResult:
             device = config_values["device"] = "cuda" if gpu else "cpu"
         experiment = get_experiment(task.experiment)
         config = make_config(experiment, config_values)
-        metrics = experiment.run(config)
+        ctx = RunContext(out_dir=None if task.work_dir is None else Path(task.work_dir),
+                         checkpoint=None if task.checkpoint is None else Path(task.checkpoint))
+        metrics = experiment.run(config, ctx)
         if not isinstance(metrics, dict):
             raise TypeError(f"run() must return a dict of metrics (got {type(metrics).__name__})")
         metrics_json = json.dumps(metrics, default=_json_default)

@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from easyhard._validate import ConfigError
-from easyhard.experiments.registry import canonical_json, config_fields, config_to_dict, get_experiment, make_config
+from easyhard.experiments.registry import (
+    canonical_json,
+    config_fields,
+    config_to_dict,
+    get_experiment,
+    make_config,
+    resolve_target,
+)
 from easyhard.runs.backends import Backend, RunResult, Task, make_backend
 from easyhard.runs.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment_info
 
@@ -204,6 +211,13 @@ def _describe(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
+def _lookup(config_dict: Mapping[str, Any], key: str) -> Any:
+    """The value of a (dotted) field in a config dict."""
+    for part in key.split("."):
+        config_dict = config_dict[part]
+    return config_dict
+
+
 def expand(spec: SweepSpec) -> list[RunSpec]:
     """All runs of the sweep in grid order (cartesian product, the first grid field varying slowest).
 
@@ -213,7 +227,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
     experiment = get_experiment(spec.experiment)
     allowed = config_fields(experiment)
     for name in (*spec.base, *spec.grid):
-        if name not in allowed:
+        if name.split(".")[0] not in allowed:
             raise ConfigError(f"unknown field {name!r} for experiment {spec.experiment!r} "
                               f"(allowed: {', '.join(allowed)})")
     names = list(spec.grid)
@@ -228,7 +242,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
         if rid in seen:
             raise ConfigError(f"grid repeats a config: {context} is the same run as {seen[rid]}")
         seen[rid] = context
-        runs.append(RunSpec(index, rid, spec.experiment, config, config_dict, {k: config_dict[k] for k in names}))
+        runs.append(RunSpec(index, rid, spec.experiment, config, config_dict, {k: _lookup(config_dict, k) for k in names}))
     return runs
 
 
@@ -385,7 +399,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, backend: str | Backend = "loc
 
     done, failed = 0, {}
     last_table = -float("inf")
-    batches = backend.run([Task(run.run_id, run.experiment, run.config_dict) for run in todo])
+    batches = backend.run([Task(run.run_id, resolve_target(run.experiment), run.config_dict) for run in todo])
     try:
         for batch in batches:
             for result in batch:
