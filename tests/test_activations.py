@@ -1,4 +1,5 @@
-"""Activations (mcm_theory.md section 4.3): values, derivatives, Gaussian moments, parity, matched activation."""
+"""Activations (docs/theory/mcm.md section 4.3): values, derivatives, Gaussian moments, parity, and the matched
+activation and the factory of easyhard.oracles.matched."""
 
 import math
 
@@ -9,9 +10,10 @@ from scipy import integrate
 from scipy.stats import norm
 
 from easyhard import ConfigError
-from easyhard.activations import ACTIVATIONS, Activation, Matched, make_activation
+from easyhard.activations import PLAIN_ACTIVATIONS, Activation
 from easyhard.data.latents import BernoulliGauss, Laplace, Rademacher, TwoPoint
 from easyhard.data.mcm import MixedCumulantModel
+from easyhard.oracles import ACTIVATIONS, Matched, make_activation
 from easyhard.oracles.bayes_mcm import MCMBayesDenoiser
 
 NAMES = ["tanh", "erf", "sigmoid", "relu", "abs", "linear", "matched"]
@@ -28,7 +30,7 @@ REFERENCE = {
 
 
 def _matched_constants(beta_v: float, t: float) -> tuple[float, float, float]:
-    """(c1, c2, c3) of section 4.3 for Rademacher nu."""
+    """(c1, c2, c3) of docs/theory/mcm.md section 4.3 for Rademacher nu."""
     a = math.exp(-t)
     delta = 1 - math.exp(-2 * t)
     s2 = a**2 / (1 + beta_v) + delta
@@ -224,7 +226,7 @@ def test_matched_rademacher_closed_form(beta_v, t):
 @pytest.mark.parametrize("beta_v, t, table", [(5.0, 0.2, (-0.510, 0.682, 1.693)), (5.0, 0.3, (-0.513, 0.759, 1.246)),
                                              (10.0, 0.2, (-0.628, 0.805, 1.998)), (10.0, 0.3, (-0.606, 0.859, 1.410))])
 def test_matched_constants_reproduce_spec_table(beta_v, t, table):
-    """Spec section 6.6 table, quoted to 3 decimals: recover (c1, c2, c3) from the activation itself."""
+    """docs/theory/mcm.md section 6.6 table, quoted to 3 decimals: recover (c1, c2, c3) from the activation itself."""
     act = make_activation("matched", Rademacher(), beta_v, t)
     c1_formula, _, _ = _matched_constants(beta_v, t)
     # linear tail: sigma(h) -> c1 h + c2 for h -> inf; slope at large h gives c1, intercept c2
@@ -263,6 +265,7 @@ def test_matched_large_beta_and_time_limits():
 
 # ----------------------------------------------------------------------------- factory
 def test_make_activation_builds_each_activation():
+    assert sorted(ACTIVATIONS) == sorted(NAMES) and sorted(PLAIN_ACTIVATIONS) == sorted(set(NAMES) - {"matched"})
     for name in NAMES:
         act = make_activation(name)
         assert isinstance(act, Activation) and act.name == name

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from easyhard.activations import make_activation
 from easyhard.cli import main
 from easyhard.data import MixedCumulantModel, make_latent_law
+from easyhard.oracles import make_activation
 from easyhard.theory import SingleNeuron, calibrate
 
 S1 = ["--nu", "bernoulli_gauss", "--nu-param", "0.1", "--beta-u", "0", "--beta-v", "20", "--t", "0.1",
@@ -41,7 +41,7 @@ def test_eps_option_sets_zeta(capsys):
     code, out, _ = _run(capsys, *S1, "--eps", "3.76", "--json")
     assert code == 0
     c = json.loads(out)["calibration"]
-    assert c["eps"] == 3.76 and c["zeta"] == pytest.approx(1.0, rel=0.01)  # calibration.md: zeta = 1, eps = 3.76
+    assert c["eps"] == 3.76 and c["zeta"] == pytest.approx(1.0, rel=0.01)  # docs/theory/calibration.md: zeta = 1, eps = 3.76
 
 
 def test_table_output(capsys):

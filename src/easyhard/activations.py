@@ -1,4 +1,4 @@
-"""Activations sigma of the single-neuron and committee denoisers (mcm_theory.md section 4.3).
+"""Activations sigma of the single-neuron and committee denoisers (docs/theory/mcm.md section 4.3).
 
 Each activation evaluates sigma(h) and sigma'(h) on tensors and the three Gaussian moments that
 the population loss needs, for h ~ N(m, v) elementwise:
@@ -8,6 +8,10 @@ the population loss needs, for h ~ N(m, v) elementwise:
 in closed form where one exists (relu, abs, linear) and by Gauss-Hermite quadrature otherwise.
 Closed forms keep blind spots exact: the relu/abs/linear loss has no symmetric higher-order term,
 and quadrature noise would fake one.
+
+The Bayes-matched activation depends on the data law and the exact posterior mean, so it lives with the
+oracles (:class:`easyhard.oracles.Matched`), as does the factory of every activation by name
+(:func:`easyhard.oracles.make_activation`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 from easyhard._quadrature import gauss_hermite
-from easyhard._validate import check_choice
 
 _N_NODES = 160
 
@@ -147,44 +150,7 @@ class Linear(Activation):
         return m, m * m + v, m * m + v
 
 
-@dataclass(frozen=True)
-class Matched(Activation):
-    """sigma_match(h) = g_v(h) - a h, with g_v the exact posterior mean along v (section 4.3).
-
-    With c_t = e^-t and a_t = 1 the neuron at w = v is then the Bayes-optimal denoiser along v.
-    Odd for symmetric latent laws. Depends on the latent law, beta_v and the OU time t.
-    """
-
-    law: object = None  # easyhard.data.latents.LatentLaw
-    beta_v: float = 5.0
-    t: float = 0.5
-    name = "matched"
-
-    @property
-    def odd(self) -> bool:  # type: ignore[override]
-        return bool(self.law.symmetric)
-
-    def __call__(self, h):
-        from easyhard.oracles.bayes_mcm import GaussianChannels, v_posterior_mean
-
-        ch = GaussianChannels.at(0.0, self.beta_v, self.t)
-        e_nu = self.law.posterior_mean(h, ch.m_v, ch.s2)
-        return v_posterior_mean(h, e_nu, self.beta_v, self.t) - ch.a * h
-
-    def to_dict(self):
-        return {"name": self.name, "law": self.law.to_dict(), "beta_v": self.beta_v, "t": self.t}
-
-
-ACTIVATIONS: dict[str, type[Activation]] = {
-    "tanh": Tanh, "erf": Erf, "sigmoid": Sigmoid, "relu": ReLU, "abs": Abs, "linear": Linear, "matched": Matched,
+#: The activations without parameters, by name; :data:`easyhard.oracles.ACTIVATIONS` adds the Bayes-matched one.
+PLAIN_ACTIVATIONS: dict[str, type[Activation]] = {
+    "tanh": Tanh, "erf": Erf, "sigmoid": Sigmoid, "relu": ReLU, "abs": Abs, "linear": Linear,
 }
-
-
-def make_activation(name: str, law=None, beta_v: float = 5.0, t: float = 0.5) -> Activation:
-    """Activation by name; ``matched`` also needs the latent law, beta_v and t."""
-    check_choice("activation", name, ACTIVATIONS)
-    if name == "matched":
-        from easyhard.data.latents import Rademacher
-
-        return Matched(law if law is not None else Rademacher(), beta_v, t)
-    return ACTIVATIONS[name]()

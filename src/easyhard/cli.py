@@ -12,8 +12,8 @@ import time
 import click
 
 from easyhard._validate import ConfigError, check_nonnegative, check_positive
-from easyhard.activations import ACTIVATIONS, make_activation
 from easyhard.data import COUPLINGS, LATENT_LAWS, MixedCumulantModel, make_latent_law
+from easyhard.oracles import ACTIVATIONS, make_activation
 from easyhard.runs.cells import CellsFailed
 from easyhard.train.online import DivergenceError
 

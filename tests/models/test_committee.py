@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from easyhard import ConfigError
-from easyhard.activations import make_activation
 from easyhard.data import BernoulliGauss, MixedCumulantModel, Rademacher
 from easyhard.models import Committee, plain_step, spherical_step
-from easyhard.oracles import MCMBayesDenoiser
+from easyhard.oracles import MCMBayesDenoiser, make_activation
 from easyhard.theory import SingleNeuron, constant_term, overlap_loss
 
 F64 = torch.float64
@@ -33,7 +32,7 @@ def _random_problem(model, E, B, seed, scale=0.6):
 
 
 def _reference_denoise(model, params, x_t, t):
-    """Loop-by-loop transcription of the spec formula (section 4.2), for one float t."""
+    """Loop-by-loop transcription of the formula of docs/theory/mcm.md section 4.2, for one float t."""
     c = math.exp(-t) if model.skip is None else model.skip
     out = c * x_t.clone()
     E, B, _ = x_t.shape

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from easyhard._validate import ConfigError
-from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel, make_latent_law
+from easyhard.oracles import make_activation
 from easyhard.runs import RayBackend, SweepSpec, Task, execute, expand, make_backend, run_dir, run_sweep
 from easyhard.runs.backends import RAY_EXTRA_MESSAGE
 from easyhard.runs.sweep import SWEEP_EXTRA_MESSAGE

@@ -11,9 +11,9 @@ from scipy.sparse.linalg import spsolve
 
 from easyhard._quadrature import gauss_hermite
 from easyhard._validate import ConfigError
-from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel, make_latent_law
 from easyhard.models.committee import Committee
+from easyhard.oracles import make_activation
 from easyhard.theory import (
     SingleNeuron,
     calibrate,
@@ -41,7 +41,7 @@ def canonical():
 # ----- gradient noise ---------------------------------------------------------------------------
 
 def spec_gradient_noise(neuron):
-    """calibration.md: G^2 = 4 a^2 [Delta (E s^2 + E s'^2) + a^2 E(s^2 s'^2)], h ~ N(0, 1), by Gauss-Hermite."""
+    """docs/theory/calibration.md: G^2 = 4 a^2 [Delta (E s^2 + E s'^2) + a^2 E(s^2 s'^2)], h ~ N(0, 1), by Gauss-Hermite."""
     h, w = gauss_hermite(200)
     s, ds = neuron.activation(h), neuron.activation.derivative(h)
     e = lambda f: float((w * f).sum())  # noqa: E731
@@ -112,7 +112,7 @@ def test_leading_coefficient_s1_and_canonical():
 def test_leading_coefficient_u_and_skewed_v():
     model = MixedCumulantModel.create(d=3, beta_u=5.0, beta_v=5.0)
     k, c2 = leading_coefficient(model, SingleNeuron(make_activation("tanh"), t=0.3), "u")
-    assert k == 2 and c2 == pytest.approx(-1.526, rel=1e-3)  # mcm_theory.md section 6.5
+    assert k == 2 and c2 == pytest.approx(-1.526, rel=1e-3)  # docs/theory/mcm.md section 6.5
     skewed = MixedCumulantModel.create(d=3, beta_u=0.0, beta_v=5.0, nu=make_latent_law("two_point", 0.1))
     k, c3 = leading_coefficient(skewed, SingleNeuron(make_activation("relu"), t=0.5))
     assert k == 3 and c3 != 0
@@ -236,7 +236,7 @@ def test_escape_barrier():
 # ----- calibrate --------------------------------------------------------------------------------
 
 def test_calibrate_s1_acceptance():
-    """calibration.md setting S1: c_4 = -0.867, G^2 = 0.923, eps = 12.53 at zeta = 0.3, n_med = 0.0205 d^3."""
+    """docs/theory/calibration.md setting S1: c_4 = -0.867, G^2 = 0.923, eps = 12.53 at zeta = 0.3, n_med = 0.0205 d^3."""
     c = calibrate(s1_model(), s1_neuron())
     assert (c.direction, c.k, c.attractive, c.zeta) == ("v", 4, True, 0.3)
     assert c.c_k == pytest.approx(-0.867, rel=0.02)
@@ -245,7 +245,7 @@ def test_calibrate_s1_acceptance():
     assert c.n_med_coefficient == pytest.approx(0.0205, rel=0.02)
     assert c.R == pytest.approx(1.23, rel=0.02)
     assert c.barrier == pytest.approx(1 / math.sqrt(0.6)) and c.min_dimension == 27 and c.warnings == ()
-    # spec form of the same prediction: n_med = T* zeta^2 G^2 / (16 c_4^2) d^3 (mcm_theory.md section 8.3)
+    # the k = 4 form of the same prediction: n_med = T* zeta^2 G^2 / (16 c_4^2) d^3 (docs/theory/mcm.md section 8.3)
     assert c.n_med_coefficient == pytest.approx(c.t_star * c.zeta**2 * c.G2 / (16 * c.c_k**2), rel=1e-12)
     assert c.step(64) == pytest.approx(c.eps / 64**2) and c.predicted_median(64) == pytest.approx(
         c.n_med_coefficient * 64**3)
@@ -255,7 +255,7 @@ def test_calibrate_canonical_setting():
     c = calibrate(*canonical(), zeta=0.15)
     assert c.c_k == pytest.approx(-0.0189, rel=0.03) and c.G2 == pytest.approx(1.85, rel=0.03)
     assert c.R == pytest.approx(5200, rel=0.03)
-    assert c.eps == pytest.approx(0.273, rel=0.01)  # calibration.md: "canonical setting with the right step"
+    assert c.eps == pytest.approx(0.273, rel=0.01)  # docs/theory/calibration.md: "canonical setting with the right step"
 
 
 def test_calibrate_eps_and_zeta_are_equivalent():
@@ -278,7 +278,7 @@ def test_calibrate_odd_order():
 
 
 def test_calibrate_repelled_direction_warns():
-    """tanh with a_out = +1 and a leptokurtic latent at t = 0.2: c_4 > 0 (mcm_theory.md section 6.6)."""
+    """tanh with a_out = +1 and a leptokurtic latent at t = 0.2: c_4 > 0 (docs/theory/mcm.md section 6.6)."""
     model = MixedCumulantModel.create(d=3, beta_u=0.0, beta_v=10.0, nu=make_latent_law("bernoulli_gauss", 0.1))
     c = calibrate(model, SingleNeuron(make_activation("tanh"), t=0.2))
     assert c.c_k > 0 and not c.attractive and c.t_star is None and c.n_med_coefficient is None

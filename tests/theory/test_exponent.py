@@ -2,8 +2,8 @@
 
 import pytest
 
-from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel, make_latent_law
+from easyhard.oracles import make_activation
 from easyhard.theory import SingleNeuron, diffusion_exponents, log_log_slope, sample_complexity
 
 
@@ -18,7 +18,7 @@ from easyhard.theory import SingleNeuron, diffusion_exponents, log_log_slope, sa
     ("erf", "uniform", "independent", 2, 4),
 ])
 def test_exponent_table(activation, nu, coupling, exp_u, exp_v):
-    """Issue acceptance: analytic exponents and log-log slopes within 0.1 (spec H6 asks 0.05)."""
+    """Issue acceptance: analytic exponents and log-log slopes within 0.1 (H6 of docs/theory/mcm.md section 9 asks 0.05)."""
     model = MixedCumulantModel.create(d=3, nu=make_latent_law(nu), coupling=coupling)
     result = diffusion_exponents(model, SingleNeuron(make_activation(activation), 0.5))
     for key, expected in (("u", exp_u), ("v", exp_v)):
@@ -32,7 +32,7 @@ def test_exponent_table(activation, nu, coupling, exp_u, exp_v):
 
 
 def test_repelled_spike_is_flagged():
-    """tanh with a leptokurtic latent at t > 0.12 has c_4 > 0: v repels (spec section 6.6)."""
+    """tanh with a leptokurtic latent at t > 0.12 has c_4 > 0: v repels (docs/theory/mcm.md section 6.6)."""
     model = MixedCumulantModel.create(d=3, beta_v=10.0, nu=make_latent_law("bernoulli_gauss", 0.1))
     v = diffusion_exponents(model, SingleNeuron(make_activation("tanh"), 0.2))["v"]
     assert v.exponent == 4 and v.coefficient > 0 and not v.attractive and v.samples == "never (repelled)"

@@ -1,4 +1,4 @@
-"""Hermite coefficients f_k(t), the loss polynomial c_ij and the spec's worked tables."""
+"""Hermite coefficients f_k(t), the loss polynomial c_ij and the worked tables of docs/theory/mcm.md sections 6.5-6.6."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from easyhard._quadrature import gauss_hermite
-from easyhard.activations import make_activation
 from easyhard.data import BernoulliGauss, MixedCumulantModel, Rademacher, TwoPoint
+from easyhard.oracles import make_activation
 from easyhard.theory import (
     SingleNeuron,
     hermite_coefficients,
@@ -17,7 +17,7 @@ from easyhard.theory import (
     overlap_loss,
 )
 
-# mcm_theory.md section 6.5: tanh, beta_u = beta_v = 5, Rademacher, c = e^-t, a = 1
+# docs/theory/mcm.md section 6.5: tanh, beta_u = beta_v = 5, Rademacher, c = e^-t, a = 1
 TABLE_65 = {  # t: (f_2, f_4, c_2, c_4)
     0.05: (0.110, -0.323, 0.274, 0.0187), 0.1: (-0.100, -0.069, -0.249, 0.0040),
     0.2: (-0.410, 0.218, -1.026, -0.0126), 0.3: (-0.610, 0.327, -1.526, -0.0189),
@@ -30,7 +30,7 @@ TABLE_65 = {  # t: (f_2, f_4, c_2, c_4)
 def _half_unit(x: float) -> float:
     """One unit in the last quoted digit of a table entry.
 
-    One unit rather than half: the spec's tables are not always rounded consistently (table 6.5 at
+    One unit rather than half: the tables of docs/theory/mcm.md are not always rounded consistently (table 6.5 at
     t = 1 quotes f_2 = -0.722 and c_2 = 2.5 f_2 = -1.804, which needs f_2 in [-0.7218, -0.7214]).
     """
     text = f"{x}"
@@ -76,7 +76,7 @@ def test_f_k_equals_mean_of_kth_derivative():
 
 
 def test_matched_table_66():
-    """Spec section 6.6: matched (Rademacher) activation, f_2, f_4, c_4."""
+    """docs/theory/mcm.md section 6.6: matched (Rademacher) activation, f_2, f_4, c_4."""
     rows = {(5, 0.2): (0.084, 0.666, -0.0385), (5, 0.3): (0.059, 0.568, -0.0329),
             (10, 0.2): (0.134, 0.893, -0.0615), (10, 0.3): (0.089, 0.725, -0.0499)}
     for (beta_v, t), expected in rows.items():
@@ -100,7 +100,7 @@ def test_leptokurtic_table_66(p, t, tanh_c4, matched_c4):
 
 
 def test_calibrated_setting_s1():
-    """calibration.md S1: tanh with a = -1, Bernoulli(0.1)-Gauss, beta_v = 20, t = 0.1: c_4 = -0.867."""
+    """docs/theory/calibration.md S1: tanh with a = -1, Bernoulli(0.1)-Gauss, beta_v = 20, t = 0.1: c_4 = -0.867."""
     model = MixedCumulantModel.create(d=3, beta_u=0.0, beta_v=20.0, nu=BernoulliGauss(0.1))
     c4 = loss_polynomial(model, SingleNeuron(make_activation("tanh"), 0.1, a_out=-1.0))[(0, 4)]
     assert abs(c4 + 0.867) < 0.0006

@@ -7,9 +7,9 @@ import torch
 
 from easyhard import ConfigError
 from easyhard._quadrature import gauss_hermite
-from easyhard.activations import make_activation
 from easyhard.data import BernoulliGauss, MixedCumulantModel, Rademacher, TwoPoint
 from easyhard.diffusion import ou_noise
+from easyhard.oracles import make_activation
 from easyhard.theory import SingleNeuron, circle_minimiser, constant_term, overlap_loss
 
 
@@ -77,7 +77,7 @@ def test_single_neuron_rejects_bad_values():
 
 @pytest.mark.parametrize("t,expected_ratio", [(0.3, 0.38), (0.5, 0.37), (1.0, 0.33)])
 def test_circle_minimiser_sign_coupling(t, expected_ratio):
-    """Spec section 7: exact tanh minimiser on the circle, beta = 5, sign coupling; (0.937, 0.350) at t = 0.5."""
+    """docs/theory/mcm.md section 7: exact tanh minimiser on the circle, beta = 5, sign coupling; (0.937, 0.350) at t = 0.5."""
     model = MixedCumulantModel.create(d=3, coupling="sign")
     au, av = circle_minimiser(model, SingleNeuron(make_activation("tanh"), t))
     assert abs(av / au - expected_ratio) < 0.006

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from easyhard._validate import ConfigError
-from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel
 from easyhard.data.latents import Rademacher
 from easyhard.models import Committee
+from easyhard.oracles import make_activation
 from easyhard.train import DivergenceError, OnlineSGDConfig, log_steps, run_online_sgd
 from easyhard.train._kernel import ACTIVATION_CODES, _activation, run_steps
 from easyhard.train._rng import fill_normal, seed_states
-from easyhard.train.online import _matched_coefficients
+from easyhard.train.online import torch_engine
+from easyhard.train.online.numba_engine import matched_coefficients
 
 D = 16
 MODES = {
@@ -85,7 +86,7 @@ def test_kernel_gradient_equals_autograd(activation, second_layer):
     W = params["w"].numpy().copy()
     O = params["o"].numpy().copy() if second_layer == "untied" else np.zeros((1, 1, 1))
     P = np.eye(3, d)[None]
-    par = np.array(_matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
+    par = np.array(matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
     tracks = [np.full((1, K, 3, 1), -1, np.int64) for _ in range(3)]
     run_steps(W, O, states, P, np.full((1, 3), -1, np.int64), np.zeros((1, 4)), np.zeros((1, 1)), np.zeros((1, 1)), x0.numpy()[:, :1],
               np.zeros((1, 1), np.int64), np.array([[[a, s, a, weight]]]), 0, 1, 0, ACTIVATION_CODES[activation], par,
@@ -164,7 +165,7 @@ def test_finite_single_sample_is_memorised():
 
 
 def test_independent_staircase_learns_u_not_v():
-    """Physics smoke test (spec section 7): u recovered within 40 d steps, v stays at O(d^-1/2)."""
+    """Physics smoke test (docs/theory/mcm.md section 7): u recovered within 40 d steps, v stays at O(d^-1/2)."""
     d = 48
     model = MixedCumulantModel.create(d=d)
     res = run_online_sgd(Committee(d=d), model, OnlineSGDConfig(steps=40 * d), list(range(8)))
@@ -232,10 +233,8 @@ def test_per_member_step_sizes():
 
 def test_torch_engine_noise_blocks_do_not_change_the_run(monkeypatch, sign_model):
     """Drawing the Gaussians in small blocks (bounded memory at large E d) gives the same run."""
-    import easyhard.train.online as online
-
     ref = _run(NETS["single"], sign_model, [3, 5], "torch")
-    monkeypatch.setattr(online, "NOISE_BLOCK", 3 * 2 * 2 * D + 1)  # three steps per block
+    monkeypatch.setattr(torch_engine, "NOISE_BLOCK", 3 * 2 * 2 * D + 1)  # three steps per block
     blocked = _run(NETS["single"], sign_model, [3, 5], "torch")
     np.testing.assert_array_equal(ref.overlaps, blocked.overlaps)
 

@@ -11,18 +11,20 @@ import torch
 from scipy import stats
 
 from easyhard._validate import ConfigError
-from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel, make_latent_law
 from easyhard.models import Committee, spherical_step
-from easyhard.train import OnlineSGDConfig, online, run_online_sgd
+from easyhard.oracles import make_activation
+from easyhard.train import OnlineSGDConfig, run_online_sgd
 from easyhard.train._kernel import ACTIVATION_CODES, track_recovery
 from easyhard.train._reduced import _chi2, reduced_step
 from easyhard.train._rng import seed_states
-from easyhard.train.online import _matched_coefficients
+from easyhard.train.online import REGISTRY
+from easyhard.train.online.numba_engine import matched_coefficients
+from easyhard.train.online.reduced_engine import TorchReducedEngine
 
 
 def _s1(d: int) -> tuple[Committee, MixedCumulantModel]:
-    """Setting S1 of calibration.md: beta_v = 20, Bernoulli(0.1)-Gaussian nu, t = 0.1, tanh with a_out = -1."""
+    """Setting S1 of docs/theory/calibration.md: beta_v = 20, Bernoulli(0.1)-Gaussian nu, t = 0.1, tanh with a_out = -1."""
     data = MixedCumulantModel.create(d=d, beta_u=0.0, beta_v=20.0, nu=make_latent_law("bernoulli_gauss", 0.1))
     return Committee(d, 1, make_activation("tanh"), a_out=-1.0), data
 
@@ -71,7 +73,7 @@ def test_reduced_step_equals_full_step(activation):
     e = e / e.norm()
     proj_r = torch.eye(d, dtype=torch.float64) - spikes.T @ spikes - torch.outer(e, e)
     zp, xp = (spikes @ z).tolist(), (spikes @ xi).tolist()
-    par = np.array(_matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
+    par = np.array(matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
     red_loss = reduced_step(alpha, *zp, float(z @ e), *xp, float(xi @ e), lam, nu, float(z @ proj_r @ z),
                             float(z @ proj_r @ xi), float(xi @ proj_r @ xi), math.sqrt(bu), math.sqrt(bv), shrink, bm,
                             a, s, a, 1.0, ACTIVATION_CODES[activation], par, a_out, eta)
@@ -141,7 +143,7 @@ def test_torch_reduced_equals_numba_reduced(monkeypatch):
     net, data = _s1(48)
     cfg = OnlineSGDConfig(steps=2500, delta=12.53, p=2, t=0.1, engine="reduced", dtype="float64", n_logs=15)
     kernel = run_online_sgd(net, data, cfg, [5, 6, 7])
-    monkeypatch.setitem(online.REDUCED_RUNNERS, "cpu", online._TorchReducedRunner)
+    monkeypatch.setitem(REGISTRY["reduced"], "cpu", TorchReducedEngine)
     torch_run = run_online_sgd(net, data, cfg, [5, 6, 7])
     np.testing.assert_allclose(torch_run.overlaps, kernel.overlaps, rtol=0, atol=1e-11)
     np.testing.assert_allclose(torch_run.loss, kernel.loss, rtol=1e-11)
@@ -149,19 +151,19 @@ def test_torch_reduced_equals_numba_reduced(monkeypatch):
     assert np.abs(kernel.overlaps[-1] - kernel.overlaps[0]).max() > 1e-2
 
 
-class _DeviceGeneratorRunner(online._TorchReducedRunner):
+class _DeviceGeneratorEngine(TorchReducedEngine):
     """The CUDA draw path (one generator, torch normals and gamma draws), run on CPU."""
 
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.gen = torch.Generator().manual_seed(int(args[6][0, 0] >> np.uint64(1)))
+    def __init__(self, setup):
+        super().__init__(setup)
+        self.gen = torch.Generator().manual_seed(int(setup.states[0, 0] >> np.uint64(1)))
 
 
 @pytest.mark.slow
 def test_device_generator_draws_give_the_same_law(monkeypatch):
     """Recovery times with the device-generator draws (normals + torch's gamma sampler) match the kernel's (KS)."""
     numba_times = _recovery_times("reduced", 32, 400, 0)
-    monkeypatch.setitem(online.REDUCED_RUNNERS, "cpu", _DeviceGeneratorRunner)
+    monkeypatch.setitem(REGISTRY["reduced"], "cpu", _DeviceGeneratorEngine)
     torch_times = _recovery_times("reduced", 32, 400, 20_000)
     assert np.isfinite(torch_times).mean() > 0.8
     assert stats.ks_2samp(numba_times, torch_times).pvalue > 0.01

@@ -1,4 +1,4 @@
-"""Sample-complexity laws measured: recovery times of one spike against d (issue 5; calibration.md).
+"""Sample-complexity laws measured: recovery times of one spike against d (issue 5; docs/theory/calibration.md).
 
 A *cell* (:class:`RecoveryConfig`, the sweepable experiment ``recovery``) runs ``seeds`` independent
 online-SGD runs of the tied single neuron at one dimension d and returns the persistent recovery
@@ -35,11 +35,11 @@ from easyhard._validate import (
     check_unit_interval,
 )
 from easyhard.experiments._text import text_table
-from easyhard.activations import ACTIVATIONS, make_activation
 from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.metrics import bootstrap_scaling, km_median, km_quantile
 from easyhard.models import Committee
+from easyhard.oracles import ACTIVATIONS, make_activation
 from easyhard.train import ENGINES, OnlineSGDConfig, run_online_sgd
 
 DIRECTIONS = ("u", "v")
@@ -51,7 +51,7 @@ class RecoveryConfig:
     """One cell: ``seeds`` runs of spherical online SGD at dimension d; recovery times of ``direction``.
 
     Step eta = delta / d^p; budget steps = ceil(budget * d^budget_power). Defaults: setting S1 of
-    calibration.md (beta_u = 0, beta_v = 20, Bernoulli(0.1)-Gaussian nu, t = 0.1, tanh, a_out = -1,
+    docs/theory/calibration.md (beta_u = 0, beta_v = 20, Bernoulli(0.1)-Gaussian nu, t = 0.1, tanh, a_out = -1,
     eps = 12.53 at zeta = 0.3, 5x the predicted median 0.0205 d^3), exact reduced simulator.
     """
 
@@ -150,10 +150,10 @@ RECOVERY = Experiment("recovery", RecoveryConfig, run_recovery,
 # reproduce scaling
 # ---------------------------------------------------------------------------------------------
 
-#: setting S1 of calibration.md as cell fields (the RecoveryConfig defaults)
+#: setting S1 of docs/theory/calibration.md as cell fields (the RecoveryConfig defaults)
 S1 = {"activation": "tanh", "a_out": -1.0, "t": 0.1, "nu": "bernoulli_gauss", "nu_param": 0.1, "beta_u": 0.0,
       "beta_v": 20.0, "coupling": "independent"}
-#: the paper's canonical setting: tanh, Rademacher nu, beta_u = beta_v = 5 (t = 0.3 as in calibration.md)
+#: the paper's canonical setting: tanh, Rademacher nu, beta_u = beta_v = 5 (t = 0.3 as in docs/theory/calibration.md)
 CANONICAL = {"activation": "tanh", "a_out": 1.0, "t": 0.3, "nu": "rademacher", "nu_param": None, "beta_u": 5.0,
              "beta_v": 5.0, "coupling": "independent"}
 

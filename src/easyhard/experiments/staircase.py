@@ -1,6 +1,6 @@
 """The staircase experiment: online SGD of the tied single neuron on independent vs sign-coupled latents.
 
-mcm_theory.md section 7. With independent latents the covariance spike u is learned at ~ d log d
+docs/theory/mcm.md section 7. With independent latents the covariance spike u is learned at ~ d log d
 steps while the fourth-cumulant spike v stays at O(d^-1/2); with sign-coupled latents (nu = sign
 lambda) the bilinear term c_11 alpha_u alpha_v pulls v along once u is learned, and w settles near
 the population-loss minimiser on the unit circle of span(u, v). Every number in the results comes
@@ -19,13 +19,12 @@ import numpy as np
 import torch
 
 from easyhard._validate import ConfigError, check_choice, check_device, check_int_at_least, check_positive
-from easyhard.activations import make_activation
 from easyhard.data import MixedCumulantModel
 from easyhard.experiments._text import fmt_num, text_table
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.metrics import aligned_fraction, sustained_recovery
 from easyhard.models import Committee
-from easyhard.oracles import per_direction_mse
+from easyhard.oracles import make_activation, per_direction_mse
 from easyhard.theory import SingleNeuron, circle_minimiser, constant_term, overlap_loss
 from easyhard.train import OnlineSGDConfig, run_online_sgd
 
@@ -34,7 +33,7 @@ COUPLINGS = ("independent", "sign")
 
 @dataclass(frozen=True)
 class StaircaseConfig:
-    """Staircase settings; defaults are the spec's (tanh, t = 0.5, beta_u = beta_v = 5, eta = 0.5/d, 40 d steps)."""
+    """Staircase settings; defaults are those of docs/theory/mcm.md section 7 (tanh, t = 0.5, beta_u = beta_v = 5, eta = 0.5/d, 40 d steps)."""
 
     dims: tuple[int, ...] = (64, 128)
     seeds: int = 16
@@ -211,7 +210,7 @@ def _censored_median(n_hit: np.ndarray) -> float:
 
 
 def acceptance(cells: list[dict], config: StaircaseConfig) -> dict:
-    """The issue's pass/fail checks, computed from the run results (mcm_theory.md section 7, H4)."""
+    """The issue's pass/fail checks, computed from the run results (docs/theory/mcm.md section 7, H4)."""
     checks = {}
     for c in cells:
         key = f"{c['coupling']} d={c['d']}"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_nonnegative, check_positive
-from easyhard.activations import ACTIVATIONS, make_activation
 from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
 from easyhard.experiments.registry import Experiment, RunContext
+from easyhard.oracles import ACTIVATIONS, make_activation
 from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients
 
 

@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from easyhard.activations import make_activation
 from easyhard.experiments._text import fmt_num, text_table
 from easyhard.experiments.registry import Experiment, RunContext
 from easyhard.data import MixedCumulantModel, make_latent_law
-from easyhard.oracles import per_direction_mse
+from easyhard.oracles import make_activation, per_direction_mse
 from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients, overlap_loss
 from easyhard.theory.exponent import SLOPE_GRID
 
 
 @dataclass(frozen=True)
 class TheorySetting:
-    """One row of the exponent table; ``expected`` holds the exponents the spec predicts (None = no dependence)."""
+    """One row of the exponent table; ``expected`` holds the exponents predicted in docs/theory/mcm.md section 6.2 (None = no dependence)."""
 
     name: str
     activation: str = "tanh"
@@ -47,7 +46,7 @@ class TheorySetting:
         return SingleNeuron(make_activation(self.activation, law, self.beta_v, self.t), self.t, a_out=self.a_out)
 
 
-#: canonical settings (mcm_theory.md sections 6.2-6.6 and calibration.md S1)
+#: canonical settings (docs/theory/mcm.md sections 6.2-6.6 and docs/theory/calibration.md S1)
 CANONICAL_SETTINGS: tuple[TheorySetting, ...] = (
     TheorySetting("canonical: tanh, Rademacher, independent"),
     TheorySetting("canonical at t = 0.3", t=0.3),

@@ -1,10 +1,12 @@
-"""Exact or closed-form denoisers: Wiener (Gaussian), Bayes-optimal for the MCM, empirical-optimal."""
+"""Exact or closed-form denoisers: Wiener (Gaussian), Bayes-optimal for the MCM, empirical-optimal; the
+Bayes-matched activation and the factory of every activation by name."""
 
 from easyhard.oracles.bayes_mcm import GaussianChannels, MCMBayesDenoiser, per_direction_mse, v_posterior_mean
-from easyhard.oracles.empirical import empirical_denoiser, empirical_score
+from easyhard.oracles.empirical import EmpiricalDenoiser, empirical_denoiser, empirical_score
+from easyhard.oracles.matched import ACTIVATIONS, Matched, make_activation
 from easyhard.oracles.wiener import WienerDenoiser
 
 __all__ = [
-    "GaussianChannels", "MCMBayesDenoiser", "WienerDenoiser", "empirical_denoiser", "empirical_score",
-    "per_direction_mse", "v_posterior_mean",
+    "ACTIVATIONS", "EmpiricalDenoiser", "GaussianChannels", "MCMBayesDenoiser", "Matched", "WienerDenoiser",
+    "empirical_denoiser", "empirical_score", "make_activation", "per_direction_mse", "v_posterior_mean",
 ]
