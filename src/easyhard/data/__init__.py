@@ -1,5 +1,7 @@
-"""Data: the mixed cumulant model, its latent laws and Gaussian equivalents; natural-image loaders and clones."""
+"""Data: the mixed cumulant model, its latent laws and Gaussian equivalents; natural-image loaders and clones;
+folders of samples of any model."""
 
+from easyhard.data.folders import load_tensor_folder
 from easyhard.data.images import (
     PHOTOS,
     embedded_patches,
@@ -29,5 +31,5 @@ __all__ = [
     "ABS_NORMAL_MEDIAN", "COUPLINGS", "LATENT_LAWS", "PHOTOS", "BernoulliGauss", "GaussianMixture", "GaussianModel",
     "Laplace", "LatentLaw", "LatentPair", "MixedCumulantModel", "Rademacher", "TwoPoint", "Uniform",
     "embedded_patches", "gaussian_clone", "latent_law_from_dict", "load_cifar10", "load_image_folder", "load_photos",
-    "make_latent_law", "random_mixture",
+    "load_tensor_folder", "make_latent_law", "random_mixture",
 ]
