@@ -2,7 +2,7 @@
 
 What is compared
 ----------------
-Both sides run the same online SGD (mcm_theory.md sections 4.4 and 8.1) of the tied single tanh
+Both sides run the same online SGD (docs/theory/mcm.md sections 4.4 and 8.1) of the tied single tanh
 neuron ``Committee(d=d)`` (skip c_t = e^-t, a_out = 1) on ``MixedCumulantModel.create(d, 5, 5)``
 (Rademacher nu, independent latents, u = e_1, v = e_2), at t = 0.5 with eta = 0.5 / d, one fresh
 sample per step and a spherical step:

@@ -54,7 +54,7 @@ def _pca_kurtosis(x: torch.Tensor, modes=slice(-16, -1)) -> torch.Tensor:
 
 
 def test_patches_are_leptokurtic_and_the_clone_is_not(patches):
-    """images_simplicity.md 9: PCA modes 2-16 of natural patches have excess kurtosis ~9-21; a Gaussian 0."""
+    """docs/theory/images.md section 9: PCA modes 2-16 of natural patches have excess kurtosis ~9-21; a Gaussian 0."""
     train, _ = patches
     assert _pca_kurtosis(train).mean() > 5
     clone = gaussian_clone(train, generator=torch.Generator().manual_seed(0))
@@ -63,7 +63,7 @@ def test_patches_are_leptokurtic_and_the_clone_is_not(patches):
 
 
 def test_clone_matches_mean_and_covariance_within_the_split_half_error(patches):
-    """Sanity check of images_simplicity.md 2.1: ||Sigma_clone - Sigma|| is within 2x of two disjoint halves."""
+    """Sanity check of docs/theory/images.md section 2.1: ||Sigma_clone - Sigma|| is within 2x of two disjoint halves."""
     train, _ = patches
     flat = train.reshape(len(train), -1).double()
     cov = torch.cov(flat.T)

@@ -1,4 +1,4 @@
-"""Latent laws of nu and couplings (lambda, nu) of the MCM (mcm_theory.md sections 1.3, 1.4, 3.1).
+"""Latent laws of nu and couplings (lambda, nu) of the MCM (docs/theory/mcm.md sections 1.3, 1.4, 3.1).
 
 Every check compares against a closed form or an independent computation (scipy quadrature, Monte
 Carlo with an estimated standard error). Monte Carlo tolerances are Z_MAX standard errors; the
@@ -40,7 +40,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _closed_form_cumulants(law: LatentLaw) -> tuple[float, float]:
-    """(kappa_3, kappa_4) from the spec table (section 1.3), written out independently of the code."""
+    """(kappa_3, kappa_4) from the table of docs/theory/mcm.md section 1.3, written out independently of the code."""
     if isinstance(law, Rademacher):
         return 0.0, -2.0
     if isinstance(law, Laplace):
@@ -109,7 +109,7 @@ def test_cumulant_properties_match_closed_forms(law):
 
 
 def test_two_point_spec_check_values():
-    # spec section 1.3: two_point(0.1): kappa_3 = 2.667, kappa_4 = 5.11 (quoted to the last digit shown)
+    # docs/theory/mcm.md section 1.3: two_point(0.1): kappa_3 = 2.667, kappa_4 = 5.11 (quoted to the last digit shown)
     law = TwoPoint(0.1)
     assert law.kappa3 == pytest.approx(2.667, abs=5e-4)
     assert law.kappa4 == pytest.approx(5.11, abs=5e-3)
@@ -286,7 +286,7 @@ def _invisible_lambda2_nu() -> float:
 
 def test_abs_normal_median_constant():
     assert ABS_NORMAL_MEDIAN == pytest.approx(norm.ppf(0.75), abs=1e-15)
-    assert _invisible_lambda2_nu() == pytest.approx(0.857, abs=5e-4)  # spec value, 3 decimals
+    assert _invisible_lambda2_nu() == pytest.approx(0.857, abs=5e-4)  # value quoted in docs/theory/mcm.md section 1.4, 3 decimals
 
 
 @pytest.mark.parametrize("coupling, q", [("independent", 1.0), ("sign", 1.0), ("sign", 0.5), ("invisible", 1.0)])
@@ -310,7 +310,7 @@ def test_sign_coupling_rho(q):
     rho = q * math.sqrt(2 / math.pi)
     assert pair.rho == pytest.approx(rho, abs=1e-15)
     if q == 1.0:
-        assert pair.rho == pytest.approx(0.798, abs=5e-4)  # spec value
+        assert pair.rho == pytest.approx(0.798, abs=5e-4)  # value quoted in docs/theory/mcm.md section 1.4
     lam, nu, w = pair.grid()
     assert float((w * lam[:, None] * nu[None, :]).sum()) == pytest.approx(rho, abs=1e-12)
     # Monte Carlo

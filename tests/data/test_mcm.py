@@ -1,4 +1,4 @@
-"""The mixed cumulant model: spikes, whitening, exact statistics, sampler (mcm_theory.md sections 1.1-1.6).
+"""The mixed cumulant model: spikes, whitening, exact statistics, sampler (docs/theory/mcm.md sections 1.1-1.6).
 
 Exact statistics are checked against closed forms written out here and against Monte Carlo
 estimates with a standard error estimated from the same samples (delta method for cumulants);
@@ -117,7 +117,7 @@ def test_whitening_matrix_is_inverse_square_root(spikes, beta_v):
 
 # ----------------------------------------------------------------------------- exact statistics
 def test_spec_check_values():
-    # spec section 1.5: beta_u = beta_v = 5, Rademacher
+    # docs/theory/mcm.md section 1.5: beta_u = beta_v = 5, Rademacher
     model = _model(beta_u=5.0, beta_v=5.0)
     cov = model.covariance()
     assert float(cov[0, 0]) == pytest.approx(6.0, abs=1e-14)  # Var(u.x0)
@@ -142,7 +142,7 @@ def test_spec_check_values():
 def test_mean_and_covariance_match_monte_carlo(kw):
     model = _model(**kw)
     u, v, m = model.spike_vectors(torch.float64)
-    # the closed form of section 1.5, written independently of the code
+    # the closed form of docs/theory/mcm.md section 1.5, written independently of the code
     c_uv = model.latents.rho * math.sqrt(model.beta_u * model.beta_v / (1 + model.beta_v))
     cov = (torch.eye(D, dtype=torch.float64) + model.beta_u * torch.outer(u, u)
            + c_uv * (torch.outer(u, v) + torch.outer(v, u)))

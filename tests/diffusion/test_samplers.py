@@ -103,7 +103,7 @@ def test_clip_bounds_output():
 
 def test_exact_ddim_heun_quadratic_floor_beats_linear_euler(gaussian):
     """Exact pushforward (no sampling noise). Measured: Heun-quadratic-25 E_Sigma 0.021,
-    E_white 0.022 (cf. 0.026 in images_simplicity.md section 9); Euler-quadratic-25 0.124 / 0.194;
+    E_white 0.022 (cf. 0.026 in docs/theory/images.md section 9); Euler-quadratic-25 0.124 / 0.194;
     Euler-linear-50 0.081 / 0.362; e_mu 0.0014 for all."""
     mu, cov, wiener = gaussian
     schedule = DDPMSchedule()

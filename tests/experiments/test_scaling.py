@@ -24,7 +24,7 @@ def test_recovery_cell_reports_its_own_runs():
     assert m["recovered_fraction"] == (times >= 0).mean() > 0.5
     assert m["q25"] <= m["median"] <= m["q75"]
     assert len(m["abs_alpha_v_q50"]) == len(m["log_steps"])
-    assert m["final_abs_alpha_v"] > 0.9  # recovered runs align with v (calibration.md: |alpha| -> 0.99)
+    assert m["final_abs_alpha_v"] > 0.9  # recovered runs align with v (docs/theory/calibration.md: |alpha| -> 0.99)
 
 
 @pytest.mark.parametrize("kw,match", [

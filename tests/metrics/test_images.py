@@ -1,4 +1,4 @@
-"""Metrics of the image simplicity-bias protocols (images_simplicity.md sections 2, 4, 5, 6, 9)."""
+"""Metrics of the image simplicity-bias protocols (docs/theory/images.md sections 2, 4, 5, 6, 9)."""
 
 import functools
 import math

@@ -1,7 +1,7 @@
-"""Bayes-optimal MCM denoiser and its per-direction MSE (mcm_theory.md sections 3.1-3.3).
+"""Bayes-optimal MCM denoiser and its per-direction MSE (docs/theory/mcm.md sections 3.1-3.3).
 
 References used here, all independent of the code under test:
-- closed forms of section 3.1 (independent latents) and 3.2 (sign coupling), extended to sign(q) and to the
+- closed forms of docs/theory/mcm.md section 3.1 (independent latents) and 3.2 (sign coupling), extended to sign(q) and to the
   second-order-invisible coupling (a truncated-Gaussian posterior, derived in ``_coupled_closed_form``);
 - a dense 2-D quadrature over (h_u, h_v) of those closed forms for the MMSE;
 - Monte Carlo on samples noised with ``ou_noise``: orthogonality of the residual (H9) and squared errors,
@@ -34,7 +34,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _channels(beta_u: float, beta_v: float, t: float) -> dict[str, float]:
-    """OU channel scalars of sections 3.1/3.2, computed here from the definitions."""
+    """OU channel scalars of docs/theory/mcm.md sections 3.1/3.2, computed here from the definitions."""
     a = math.exp(-t)
     delta = 1 - math.exp(-2 * t)
     s2 = a**2 / (1 + beta_v) + delta
@@ -48,7 +48,7 @@ def _coupled_closed_form(h_u, h_v, beta_u: float, beta_v: float, t: float, coupl
 
     From h_u alone lambda | h_u ~ N(M, V), V = 1/(1 + m_u^2), M = m_u h_u V, with evidence N(h_u; 0, 1 + m_u^2);
     the nu channel multiplies by w_+- = N(h_v; +-m_v, s2). The coupling restricts lambda per value of nu:
-    - sign(q): prior weight of (lambda, nu) is phi(lambda) [q 1{nu = sign lambda} + (1 - q)/2] (spec 3.2 for q = 1);
+    - sign(q): prior weight of (lambda, nu) is phi(lambda) [q 1{nu = sign lambda} + (1 - q)/2] (docs/theory/mcm.md section 3.2 for q = 1);
     - invisible: nu = +1 on A = {|lambda| > c}, -1 on B = {|lambda| < c}, c = 0.67449.
     Truncated-normal integrals: int_lo^hi N(l; M, V) dl = Phi(beta) - Phi(alpha),
     int_lo^hi l N(l; M, V) dl = M (Phi(beta) - Phi(alpha)) + sqrt(V) (phi(alpha) - phi(beta)).
@@ -288,7 +288,7 @@ def test_coupled_grid_posterior_equals_closed_form(coupling, q, t, beta_u, beta_
     torch.testing.assert_close(lam, torch.from_numpy(e_lam), rtol=0, atol=1e-8)
     torch.testing.assert_close(nu, torch.from_numpy(e_nu), rtol=0, atol=1e-8)
     torch.testing.assert_close(log_p, torch.log(torch.from_numpy(p)), rtol=0, atol=1e-8)
-    # and the denoiser output uses them through the formulas of section 3.2
+    # and the denoiser output uses them through the formulas of docs/theory/mcm.md section 3.2
     x_t = torch.zeros(hu.numel(), D, dtype=torch.float64)
     x_t[:, 0], x_t[:, 1] = hu, hv
     out = den(x_t, t)
@@ -322,9 +322,9 @@ def test_coupled_denoiser_float32_and_chunking():
 
 # ----------------------------------------------------------------------------- (4) per-direction MSE
 def test_spec_check_sign_coupling_t04():
-    """Spec 3.2 check (t = 0.4, beta_u = beta_v = 5, sign coupling): total MSE on (p_u, p_v) 1.320 (Bayes)
+    """docs/theory/mcm.md section 3.2 check (t = 0.4, beta_u = beta_v = 5, sign coupling): total MSE on (p_u, p_v) 1.320 (Bayes)
     versus 1.394 (Wiener). The exact Bayes value is 1.32085 (independent closed-form quadrature below),
-    i.e. the spec's 1.320 is truncated rather than rounded; hence the 1e-3 tolerance on that figure."""
+    i.e. the quoted 1.320 is truncated rather than rounded; hence the 1e-3 tolerance on that figure."""
     model = MixedCumulantModel.create(d=D, coupling="sign")
     r = per_direction_mse(model, 0.4)
     assert r["u"]["bayes"] + r["v"]["bayes"] == pytest.approx(1.320, abs=1e-3)

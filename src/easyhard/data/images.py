@@ -1,5 +1,5 @@
 """Natural-image data: embedded photographs cut into patches, CIFAR-10 from a local folder, image folders,
-and the Gaussian clone of any dataset (images_simplicity.md sections 2.1 and 9).
+and the Gaussian clone of any dataset (docs/theory/images.md sections 2.1 and 9).
 
 Images are float tensors of shape (n, C, H, W) with pixels in [-1, 1].
 
@@ -86,7 +86,7 @@ def _patches(img: np.ndarray, size: int, stride: int) -> np.ndarray:
 def embedded_patches(split: str = "train", size: int = 8, stride: int = 2, color: bool = False,
                      n: int | None = None, test_fraction: float = 0.2, seed: int = 0,
                      names: tuple[str, ...] = PHOTOS) -> torch.Tensor:
-    """Patches of the embedded photographs: (n, C, size, size) float32 in [-1, 1] (images_simplicity.md 9).
+    """Patches of the embedded photographs: (n, C, size, size) float32 in [-1, 1] (docs/theory/images.md section 9).
 
     ``split`` "train" cuts the left 1 - ``test_fraction`` of each photograph's columns, "test" the rest
     (a patch never straddles the border). ``n`` patches are drawn without replacement from all of them

@@ -1,11 +1,11 @@
 """Latent variables of the mixed cumulant model: the non-Gaussian law of nu and its coupling to lambda.
 
-Every law has zero mean and unit variance (science spec, mcm_theory.md section 1.3). A law knows how
+Every law has zero mean and unit variance (docs/theory/mcm.md section 1.3). A law knows how
 to sample itself (with an explicit ``torch.Generator``), a quadrature rule for expectations, its
 exact third and fourth cumulants, and the posterior mean E[nu | h] for the Gaussian channel
-h = scale * nu + sqrt(var) * g, g ~ N(0, 1), which the Bayes-optimal denoiser needs (section 3.1).
+h = scale * nu + sqrt(var) * g, g ~ N(0, 1), which the Bayes-optimal denoiser needs (docs/theory/mcm.md section 3.1).
 
-Couplings between the Gaussian latent lambda and nu (section 1.4) are described by
+Couplings between the Gaussian latent lambda and nu (docs/theory/mcm.md section 1.4) are described by
 :class:`LatentPair`, which samples (lambda, nu) jointly and provides a joint quadrature grid.
 """
 
@@ -90,7 +90,7 @@ class Rademacher(LatentLaw):
     symmetric = True
 
     def posterior_mean(self, h, scale, var):
-        """E[nu | h] = tanh(scale h / var) (spec section 3.1)."""
+        """E[nu | h] = tanh(scale h / var) (docs/theory/mcm.md section 3.1)."""
         return torch.tanh(scale * h / var)
 
 

@@ -1,4 +1,4 @@
-"""The mixed cumulant model (MCM) and its Gaussian equivalent (mcm_theory.md sections 1.1-1.6).
+"""The mixed cumulant model (MCM) and its Gaussian equivalent (docs/theory/mcm.md sections 1.1-1.6).
 
     x0 = beta_m m + sqrt(beta_u) lambda u + S (sqrt(beta_v) nu v + z),   z ~ N(0, I_d)
     S  = (I + beta_v v v^T)^(-1/2) = I - (1 - (1 + beta_v)^(-1/2)) v v^T
@@ -104,7 +104,7 @@ class MixedCumulantModel:
 
     @property
     def c_uv(self) -> float:
-        """Cross-covariance u^T Cov(x0) v = rho sqrt(beta_u beta_v/(1+beta_v)) (section 1.5)."""
+        """Cross-covariance u^T Cov(x0) v = rho sqrt(beta_u beta_v/(1+beta_v)) (docs/theory/mcm.md section 1.5)."""
         return self.rho * math.sqrt(self.beta_u) * self.v_signal
 
     # ----- spikes and whitening ----------------------------------------------------------------
@@ -152,7 +152,7 @@ class MixedCumulantModel:
         return eye + self.beta_u * torch.outer(u, u) + self.c_uv * (torch.outer(u, v) + torch.outer(v, u))
 
     def gaussian_equivalent(self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> GaussianModel:
-        """N(E x0, Cov x0): same first two moments, no higher-order information (section 1.6)."""
+        """N(E x0, Cov x0): same first two moments, no higher-order information (docs/theory/mcm.md section 1.6)."""
         return GaussianModel(self.mean(dtype, device), self.covariance(dtype, device))
 
     def _span_coefficients(self, direction) -> tuple[float, float]:

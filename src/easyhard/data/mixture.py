@@ -1,4 +1,4 @@
-"""Gaussian mixtures with exact oracles (generalization.md, "A CPU-sized demonstration that works").
+"""Gaussian mixtures with exact oracles (docs/theory/generalization.md, "A CPU-sized demonstration that works").
 
     p(x0) = sum_k w_k N(x0; mu_k, C_k),   k = 1..K,  x0 in R^d
 

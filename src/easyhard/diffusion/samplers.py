@@ -37,7 +37,7 @@ the per-step noise of the ancestral sampler. Passing the same object to runs wit
 gives both exactly the same initial state and the same per-step noise sequence (drawn in the same
 order from a dedicated generator), so differences between their samples come from the denoisers
 only. For an ensemble denoiser acting on (E, B, ...) the noise may have the trailing shape (B, ...):
-it is then shared by all E members (the coupled sampler of generalization.md section 1).
+it is then shared by all E members (the coupled sampler of docs/theory/generalization.md section 1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Memorisation diagnostics for samples of any model (generalization.md, sections 2 and 5).
+"""Memorisation diagnostics for samples of any model (docs/theory/generalization.md, sections 2 and 5).
 
 :func:`diagnose` compares generated samples with the training set (and optionally a held-out test set
 of the same distribution) in pixel space and returns a JSON-ready dict; :func:`write_diagnosis` writes

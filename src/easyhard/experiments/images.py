@@ -1,5 +1,5 @@
 """Distributional simplicity bias on natural images: a real arm and its Gaussian-clone arm
-(images_simplicity.md, Protocols A-D; the quick setting of section 9).
+(docs/theory/images.md, Protocols A-D; the quick setting of docs/theory/images.md section 9).
 
 Both arms train the same denoiser with the same initialisation, mini-batch indices and noise (one seed
 drives both); only the training set differs: real patches, or samples of N(mean, covariance) of them.
@@ -35,7 +35,7 @@ DATA = ("patches", "cifar10", "folder")
 
 @dataclass(frozen=True)
 class ImagesConfig:
-    """Settings of ``reproduce images``; defaults: the quick CPU setting of images_simplicity.md section 9."""
+    """Settings of ``reproduce images``; defaults: the quick CPU setting of docs/theory/images.md section 9."""
 
     data: str = "patches"
     data_dir: str | None = None
@@ -252,7 +252,7 @@ def _pair(runs: list[dict], seed: int) -> tuple[dict, dict]:
 
 
 def checks(config: ImagesConfig, reference: dict, runs: list[dict]) -> dict:
-    """The acceptance criteria of issue 6 (images_simplicity.md section 9), from the runs' own numbers."""
+    """The acceptance criteria of issue 6 (docs/theory/images.md section 9), from the runs' own numbers."""
     from easyhard.metrics.images import convergence_step
 
     low = [k for k, i in enumerate(config.eval_indices) if i <= 50]

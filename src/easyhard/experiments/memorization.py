@@ -1,5 +1,5 @@
 """Memorisation and biased generalisation: the sample-split protocol over training time
-(generalization.md sections 2-7 and its CPU demonstration).
+(docs/theory/generalization.md sections 2-7 and its CPU demonstration).
 
 For every seed and training-set size n, K disjoint splits of n points are drawn and one denoiser is
 trained per split with identical settings. All models of all seeds and sizes form one ensemble
@@ -54,7 +54,7 @@ RECORDS_FILE = "records.json"
 
 @dataclass(frozen=True)
 class MemorizationConfig:
-    """Settings of ``reproduce memorization``; defaults: the CPU demonstration of generalization.md.
+    """Settings of ``reproduce memorization``; defaults: the CPU demonstration of docs/theory/generalization.md (section 11).
 
     Data: ``data`` "mixture" (Gaussian mixture in dimension d with ``components`` equal-weight components,
     power-law spectra, standardised), "patches" (embedded image patches, flattened) or "cifar10" (from
@@ -62,7 +62,7 @@ class MemorizationConfig:
     Model: ensemble MLP (width, depth, time_dim). Training: ``train``. Evaluation: see the module docstring.
 
     Default sizes [choice]: n = 16..128 rather than the demonstration's 8..64. At n = 8 fresh data already
-    score ~1% memorised (generalization.md, pitfall 2), and n = 128 still reaches its onset within 8,000
+    score ~1% memorised (docs/theory/generalization.md section 11.4, pitfall 2), and n = 128 still reaches its onset within 8,000
     steps while widening the window between the similarity peak and the test-loss minimum.
     """
 
@@ -347,7 +347,7 @@ def _copies(samples: Tensor, splits: Splits, config: MemorizationConfig) -> tupl
 
 def _nearest_similarity(samples: Tensor, data: Tensor) -> Tensor:
     """s[a, b, j] = max_y cos(phi(x_a^j), phi(y)) over the split y in data[b]: samples (K, M, d) of the K models of
-    one group, data (K, n, d) their splits; phi = per-sample standardisation (generalization.md section 5)."""
+    one group, data (K, n, d) their splits; phi = per-sample standardisation (docs/theory/generalization.md section 5)."""
     from easyhard.metrics.memorization import standardize
 
     K, M, d = samples.shape
@@ -444,7 +444,7 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
     from easyhard.train.ensemble import STATE_FILE, train_ensemble
 
     torch.set_num_threads(config.threads)
-    torch.set_flush_denormal(True)  # denormals slow late training ~10x on CPU (generalization.md, pitfalls)
+    torch.set_flush_denormal(True)  # denormals slow late training ~10x on CPU (docs/theory/generalization.md section 11.4)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_json = json.loads(json.dumps(config.to_dict()))
@@ -573,7 +573,7 @@ def analyse(config: MemorizationConfig, records: list[dict]) -> dict:
 
 
 def _checks(config: MemorizationConfig, result: dict, tau_main: np.ndarray, fit_pos: list[int]) -> dict:
-    """The quick-mode criteria of generalization.md (last section), each {"value", "criterion", "passed"}."""
+    """The quick-mode criteria of docs/theory/generalization.md section 11.5, each {"value", "criterion", "passed"}."""
     fit = result["fits"][str(config.threshold)]
     finite = [float((tau_main[:, j] >= 0).mean()) for j in fit_pos]
     medians = [result["tau_mem_median"][str(config.threshold)][j] for j in fit_pos]

@@ -1,5 +1,5 @@
 """Generalisation diagnostics of a denoiser per noise level, and the timescales of training curves
-(generalization.md sections 3 and 7).
+(docs/theory/generalization.md sections 3 and 7).
 
 Plug-in functions: a model enters as ``predict_eps(x_t, i) -> eps_hat`` (x_t shaped like the data, i an
 int index of a :class:`~easyhard.diffusion.DDPMSchedule`), so any network can be measured.
@@ -7,7 +7,7 @@ int index of a :class:`~easyhard.diffusion.DDPMSchedule`), so any network can be
 - Train-minus-test loss gap per level: Delta(i) = L_test(i) - L_train(i), with the eps-loss of
   :func:`easyhard.metrics.eps_loss_per_level` and the noise fixed per (point, level) across checkpoints.
 - Distance to the empirical-optimal (memorising) denoiser D_emp of the training set
-  (mcm_theory.md 3.4; Yi et al. 2023): E||D_theta - D_emp||^2 / E||D_emp||^2 per level, in x0 space,
+  (docs/theory/mcm.md section 3.4; Yi et al. 2023): E||D_theta - D_emp||^2 / E||D_emp||^2 per level, in x0 space,
   D_theta = (x_t - s eps_hat) / a.
 - Timescales of a curve recorded at checkpoint steps: the first crossing of a level (onset of the
   memorisation fraction, tau_mem) and the first checkpoint within a tolerance of the best value (tau_gen).

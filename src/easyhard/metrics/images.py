@@ -1,15 +1,15 @@
-"""Metrics of the distributional-simplicity protocols (images_simplicity.md sections 2, 4, 5, 6, 9).
+"""Metrics of the distributional-simplicity protocols (docs/theory/images.md sections 2, 4, 5, 6, 9).
 
 All functions take batches (n, ...) that are flattened to (n, d) and evaluated in float64.
 
-- Gaussian MMSE per noise level (section 2.2) and eps-losses of any predictor with noise fixed per
-  (sample, index) (common random numbers, section 1), distance to the Wiener denoiser (section 4).
-- Generated-sample statistics against reference moments (section 5): mean, covariance and per-mode
+- Gaussian MMSE per noise level (docs/theory/images.md section 2.2) and eps-losses of any predictor with noise fixed per
+  (sample, index) (common random numbers, docs/theory/images.md section 1), distance to the Wiener denoiser (docs/theory/images.md section 4).
+- Generated-sample statistics against reference moments (docs/theory/images.md section 5): mean, covariance and per-mode
   variance errors.
-- Higher-order statistics along a fixed ICA filter bank (sections 2.3, 9): sparsity ratio
+- Higher-order statistics along a fixed ICA filter bank (docs/theory/images.md sections 2.3, 9): sparsity ratio
   E|s| / sqrt(E s^2), excess kurtosis, skewness, and their normalised errors, plus sampling floors.
-- Convergence steps by the 90%-of-decrease rule (sections 5, 9) and the spectral emergence of PCA
-  modes with the fitted law tau_k ~ lambda_k^-beta (section 6).
+- Convergence steps by the 90%-of-decrease rule (docs/theory/images.md sections 5, 9) and the spectral emergence of PCA
+  modes with the fitted law tau_k ~ lambda_k^-beta (docs/theory/images.md section 6).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _flat(name: str, x: Tensor, min_n: int = 1) -> Tensor:
 
 # ============================================================================ section 2.2: Gaussian MMSE
 def gaussian_mmse_eps(eigenvalues: Tensor, abar: float | Tensor) -> float | Tensor:
-    """Gaussian eps-MMSE per pixel, L_G = (1/d) sum_k abar lambda_k / (abar lambda_k + 1 - abar) (section 2.2).
+    """Gaussian eps-MMSE per pixel, L_G = (1/d) sum_k abar lambda_k / (abar lambda_k + 1 - abar) (docs/theory/images.md section 2.2).
 
     eigenvalues: (d,) covariance eigenvalues (round-off negatives clipped to 0); abar: a float in (0, 1)
     (returns a float) or a tensor (m,) of such values (returns float64 (m,)). Equals
@@ -131,7 +131,7 @@ def eps_loss_per_level(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSche
 @torch.no_grad()
 def wiener_distance(predict_eps: EpsPredictor, wiener_eps: EpsPredictor, x0: Tensor, schedule: DDPMSchedule,
                     indices: Sequence[int], seed: int = 0, batch_size: int = 4096) -> Tensor:
-    """delta_W(i) = E||eps_hat - eps_hat_G||^2 / E||eps - eps_hat_G||^2 per level (section 4), float64 (len(indices),).
+    """delta_W(i) = E||eps_hat - eps_hat_G||^2 / E||eps - eps_hat_G||^2 per level (docs/theory/images.md section 4), float64 (len(indices),).
 
     Both predictors see the same fixed noise (:func:`fixed_noise`). For Gaussian data and the exact
     Wiener predictor delta_W = 0; for the Bayes denoiser delta_W = 1 - L*/L_G (Pythagoras).
@@ -189,21 +189,21 @@ def _generated(gen: Tensor, ref: Moments) -> Tensor:
 
 
 def mean_error(gen: Tensor, ref: Tensor | Moments) -> float:
-    """e_mu = ||mu_gen - mu_ref|| / sqrt(tr Sigma_ref) (section 5). gen (n, ...); ref samples or :class:`Moments`."""
+    """e_mu = ||mu_gen - mu_ref|| / sqrt(tr Sigma_ref) (docs/theory/images.md section 5). gen (n, ...); ref samples or :class:`Moments`."""
     ref = _as_moments(ref)
     gen = _generated(gen, ref)
     return float(torch.linalg.vector_norm(gen.mean(0) - ref.mean) / torch.sqrt(torch.trace(ref.cov)))
 
 
 def covariance_error(gen: Tensor, ref: Tensor | Moments) -> float:
-    """E_Sigma = ||Sigma_gen - Sigma_ref||_F / ||Sigma_ref||_F (section 5)."""
+    """E_Sigma = ||Sigma_gen - Sigma_ref||_F / ||Sigma_ref||_F (docs/theory/images.md section 5)."""
     ref = _as_moments(ref)
     gen = _generated(gen, ref)
     return float(torch.linalg.matrix_norm(_covariance(gen) - ref.cov) / torch.linalg.matrix_norm(ref.cov))
 
 
 def mode_variances(gen: Tensor, ref: Tensor | Moments) -> Tensor:
-    """v_k = u_k^T Sigma_gen u_k for the reference eigenvectors u_k (section 6), descending lambda, float64 (d,)."""
+    """v_k = u_k^T Sigma_gen u_k for the reference eigenvectors u_k (docs/theory/images.md section 6), descending lambda, float64 (d,)."""
     ref = _as_moments(ref)
     centred = _generated(gen, ref)
     projected = (centred - centred.mean(0)) @ ref.eigenvectors
@@ -211,14 +211,14 @@ def mode_variances(gen: Tensor, ref: Tensor | Moments) -> Tensor:
 
 
 def mode_variance_ratios(gen: Tensor, ref: Tensor | Moments) -> Tensor:
-    """r_k = u_k^T Sigma_gen u_k / lambda_k (section 5), descending lambda order; NaN where lambda_k = 0."""
+    """r_k = u_k^T Sigma_gen u_k / lambda_k (docs/theory/images.md section 5), descending lambda order; NaN where lambda_k = 0."""
     ref = _as_moments(ref)
     lam = ref.eigenvalues
     return mode_variances(gen, ref) / torch.where(lam > 0, lam, torch.nan)
 
 
 def whitened_mode_error(gen: Tensor, ref: Tensor | Moments, rel_cutoff: float = 1e-6) -> float:
-    """E_white = mean_k |r_k - 1| over modes with lambda_k > rel_cutoff * lambda_1 (section 9) [choice].
+    """E_white = mean_k |r_k - 1| over modes with lambda_k > rel_cutoff * lambda_1 (docs/theory/images.md section 9) [choice].
 
     Weighs every mode equally, so errors in small-variance modes (e.g. sampler distortions) count as
     much as in the leading ones, unlike E_Sigma which is dominated by the top modes.
@@ -232,7 +232,7 @@ def whitened_mode_error(gen: Tensor, ref: Tensor | Moments, rel_cutoff: float = 
 # ============================================================================ sections 2.3, 9: ICA statistics
 def ica_filters(patches: Tensor, n_components: int = 64, seed: int = 0, max_iter: int = 1000,
                 tol: float = 1e-4) -> Tensor:
-    """FastICA filters F (J, d) float64 on ZCA-whitened patches (section 2.3): sources s = (x - mu) @ F.T.
+    """FastICA filters F (J, d) float64 on ZCA-whitened patches (docs/theory/images.md section 2.3): sources s = (x - mu) @ F.T.
 
     patches (n, ...) with mu their mean; ZCA W = U diag((lambda_k + r)^-1/2) U^T with the ridge
     r = 1e-6 tr(Sigma) / d [choice]; scikit-learn ``FastICA(n_components, whiten="unit-variance",
@@ -267,19 +267,19 @@ def _sources(x: Tensor, filters: Tensor, mu: Tensor) -> Tensor:
 
 
 def sparsity_ratio(x: Tensor, filters: Tensor, mu: Tensor) -> Tensor:
-    """r_j = E|s_j| / sqrt(E s_j^2), s = (x - mu) @ F.T (section 9): sqrt(2/pi) = 0.798 for a Gaussian. (J,)."""
+    """r_j = E|s_j| / sqrt(E s_j^2), s = (x - mu) @ F.T (docs/theory/images.md section 9): sqrt(2/pi) = 0.798 for a Gaussian. (J,)."""
     s = _sources(x, filters, mu)
     return s.abs().mean(0) / (s**2).mean(0).sqrt()
 
 
 def excess_kurtosis(x: Tensor, filters: Tensor, mu: Tensor) -> Tensor:
-    """k4_j = E s_j^4 / (E s_j^2)^2 - 3 along the filters (section 2.3), float64 (J,)."""
+    """k4_j = E s_j^4 / (E s_j^2)^2 - 3 along the filters (docs/theory/images.md section 2.3), float64 (J,)."""
     s = _sources(x, filters, mu)
     return (s**4).mean(0) / (s**2).mean(0) ** 2 - 3
 
 
 def skewness(x: Tensor, filters: Tensor, mu: Tensor) -> Tensor:
-    """k3_j = E s_j^3 / (E s_j^2)^(3/2) along the filters (section 2.3), float64 (J,)."""
+    """k3_j = E s_j^3 / (E s_j^2)^(3/2) along the filters (docs/theory/images.md section 2.3), float64 (J,)."""
     s = _sources(x, filters, mu)
     return (s**3).mean(0) / (s**2).mean(0) ** 1.5
 
@@ -293,24 +293,24 @@ def _relative_error(gen_stat: Tensor, ref_stat: Tensor, target: float, name: str
 
 
 def sparsity_error(gen: Tensor, ref: Tensor, filters: Tensor, mu: Tensor) -> float:
-    """E_R = mean_j |r_gen,j - r_ref,j| / mean_j |0.798 - r_ref,j| (section 9): a Gaussian gives ~1, the data ~0."""
+    """E_R = mean_j |r_gen,j - r_ref,j| / mean_j |0.798 - r_ref,j| (docs/theory/images.md section 9): a Gaussian gives ~1, the data ~0."""
     return _relative_error(sparsity_ratio(gen, filters, mu), sparsity_ratio(ref, filters, mu), GAUSSIAN_SPARSITY,
                            "sparsity_error")
 
 
 def kurtosis_error(gen: Tensor, ref: Tensor, filters: Tensor, mu: Tensor) -> float:
-    """E_K = mean_j |k4_gen,j - k4_ref,j| / mean_j |k4_ref,j| (section 5); needs N >= 1e4 (section 9)."""
+    """E_K = mean_j |k4_gen,j - k4_ref,j| / mean_j |k4_ref,j| (docs/theory/images.md section 5); needs N >= 1e4 (docs/theory/images.md section 9)."""
     return _relative_error(excess_kurtosis(gen, filters, mu), excess_kurtosis(ref, filters, mu), 0.0,
                            "kurtosis_error")
 
 
 def skewness_error(gen: Tensor, ref: Tensor, filters: Tensor, mu: Tensor) -> float:
-    """E_S = mean_j |k3_gen,j - k3_ref,j| / mean_j |k3_ref,j| (section 5)."""
+    """E_S = mean_j |k3_gen,j - k3_ref,j| / mean_j |k3_ref,j| (docs/theory/images.md section 5)."""
     return _relative_error(skewness(gen, filters, mu), skewness(ref, filters, mu), 0.0, "skewness_error")
 
 
 def sampling_floor(metric: Callable[[Tensor, Tensor], float], ref_a: Tensor, ref_b: Tensor) -> float:
-    """metric(ref_a, ref_b) for two disjoint real sets (section 5): the floor to report next to the metric.
+    """metric(ref_a, ref_b) for two disjoint real sets (docs/theory/images.md section 5): the floor to report next to the metric.
 
     ``ref_a`` plays the generated set and should have the generated-sample size N_gen; ``ref_b`` is the
     reference used for the generated samples (or one of the same size). Bind extra arguments first,
@@ -325,7 +325,7 @@ def sampling_floor(metric: Callable[[Tensor, Tensor], float], ref_a: Tensor, ref
 # ============================================================================ sections 5, 9: convergence step
 def convergence_step(steps: Sequence[float], values: Sequence[float], fraction: float = 0.9,
                      final_window: int = 3) -> float | None:
-    """First checkpoint step where M has completed ``fraction`` of its total decrease (sections 5, 9):
+    """First checkpoint step where M has completed ``fraction`` of its total decrease (docs/theory/images.md sections 5, 9):
 
         M(tau) <= M_final + (1 - fraction) (M(tau_0) - M_final),   M_final = mean of the last ``final_window`` values.
 
@@ -349,7 +349,7 @@ def convergence_step(steps: Sequence[float], values: Sequence[float], fraction: 
 # ============================================================================ section 6: spectral emergence
 def emergence_steps(steps: Sequence[float], mode_variances: np.ndarray | Tensor,
                     eigenvalues: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Emergence step tau_k of every PCA mode (section 6): first crossing of the harmonic mean
+    """Emergence step tau_k of every PCA mode (docs/theory/images.md section 6): first crossing of the harmonic mean
 
         H_k = 2 v_k(0) lambda_k / (v_k(0) + lambda_k)
 
@@ -394,7 +394,7 @@ def emergence_steps(steps: Sequence[float], mode_variances: np.ndarray | Tensor,
 
 @dataclass(frozen=True)
 class EmergenceFit:
-    """log tau_k = intercept - beta log lambda_k fitted over the eligible, crossed modes (section 6).
+    """log tau_k = intercept - beta log lambda_k fitted over the eligible, crossed modes (docs/theory/images.md section 6).
 
     eligible: modes with lambda_k > rel_cutoff lambda_1 among the top ``max_modes``; used: eligible
     modes that crossed with tau_k > 0; censored: eligible modes that never crossed (not in the fit, so
@@ -424,7 +424,7 @@ def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def emergence_law(tau: np.ndarray, eigenvalues: np.ndarray, n_boot: int = 1000, seed: int = 0,
                   rel_cutoff: float = 1e-3, max_modes: int = 512, level: float = 0.95) -> EmergenceFit:
-    """Fit log tau_k = a - beta log lambda_k by least squares (section 6) with a bootstrap CI over modes.
+    """Fit log tau_k = a - beta log lambda_k by least squares (docs/theory/images.md section 6) with a bootstrap CI over modes.
 
     tau (K,) from :func:`emergence_steps` (NaN = censored); eigenvalues (K,) > 0 in any order. Eligible
     modes: lambda_k > rel_cutoff * lambda_1, at most the top ``max_modes``. beta ~ 1 is the

@@ -1,4 +1,4 @@
-"""Nearest neighbours and the memorisation fraction, for samples of any model (generalization.md).
+"""Nearest neighbours and the memorisation fraction, for samples of any model (docs/theory/generalization.md).
 
 Pure functions on tensors (n, ...) flattened to (n, d). Nearest neighbours are found block by block
 (samples x training chunks, a running top-k), so 1e4 samples against 1e5 training vectors of dimension
@@ -190,7 +190,7 @@ class MemorizationFraction:
 
     value: the observed fraction; interval: percentile bootstrap interval; boot_mean, se: mean and
     standard deviation (ddof = 1) of the bootstrap replicates; wilson_upper: the upper end of the Wilson
-    score interval at the same level, informative when no sample is a copy (generalization.md, section 2).
+    score interval at the same level, informative when no sample is a copy (docs/theory/generalization.md, section 2).
     """
 
     value: float
@@ -266,7 +266,7 @@ def split_similarity(samples: torch.Tensor, own: torch.Tensor, other: torch.Tens
                      chunk: int | None = None) -> dict[str, float]:
     """Mean nearest-neighbour similarity (per-image-standardised cosine) of a model's samples to its own
     training split and to another, disjoint split; their difference is the sample-split bias
-    (generalization.md: a positive gap means samples lean towards the model's own data)."""
+    (docs/theory/generalization.md: a positive gap means samples lean towards the model's own data)."""
     s_own = nearest_neighbours(samples, own, k=1, metric="cosine", chunk=chunk)[0][:, 0]
     s_other = nearest_neighbours(samples, other, k=1, metric="cosine", chunk=chunk)[0][:, 0]
     return {"own": float(s_own.mean()), "other": float(s_other.mean()), "gap": float((s_own - s_other).mean())}

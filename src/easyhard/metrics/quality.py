@@ -1,4 +1,4 @@
-"""Sample quality against a known density: a kNN estimate of KL(q || p) (generalization.md, pitfall 3).
+"""Sample quality against a known density: a kNN estimate of KL(q || p) (docs/theory/generalization.md section 11.4, pitfall 3).
 
 For samples x_1..x_m ~ q and a law p with known log-density,
 

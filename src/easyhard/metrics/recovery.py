@@ -1,9 +1,9 @@
-"""Weak-recovery times and aligned fractions of online-SGD runs (mcm_theory.md section 8.1).
+"""Weak-recovery times and aligned fractions of online-SGD runs (docs/theory/mcm.md section 8.1).
 
 A run recovers a direction at n_hit, the first step with |alpha| >= threshold, counted only if
 |alpha| >= threshold at >= ``sustain`` (default 80%) of the later logged points: a transient
 excursion is not recovery. The aligned fraction over the last 20% of the budget is reported
-alongside, as the spec asks.
+alongside, as docs/theory/mcm.md section 8.1 asks.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Trainable committee denoisers batched over an ensemble axis (mcm_theory.md sections 4.1-4.4, 8.1).
+"""Trainable committee denoisers batched over an ensemble axis (docs/theory/mcm.md sections 4.1-4.4, 8.1).
 
     tied:    D(x_t) = c_t x_t + K^-omega sum_k a_out w_k sigma(w_k . x_t)
     untied:  D(x_t) = c_t x_t + K^-omega sum_k o_k sigma(w_k . x_t),    o_k in R^d
 
-K = 1 tied is the single neuron of section 4.1 (the theory's :class:`~easyhard.theory.SingleNeuron`).
+K = 1 tied is the single neuron of docs/theory/mcm.md section 4.1 (the theory's :class:`~easyhard.theory.SingleNeuron`).
 c_t = e^-t by default (exact for the isotropic part), a_out is fixed.
 
 Functional style: :class:`Committee` is a frozen dataclass of hyper-parameters and the parameters are
@@ -13,7 +13,7 @@ Shapes: E members, K neurons, d dimensions, B samples per member.
     params["w"]: (E, K, d)      params["o"]: (E, K, d) (untied only)
     x0, x_t:     (E, B, d)      t, weight:   float or tensor broadcastable to (E, B)
 
-The per-sample gradients are closed form (section 4.4 generalised; r = x0 - D(x_t), h_k = w_k . x_t,
+The per-sample gradients are closed form (docs/theory/mcm.md section 4.4 generalised; r = x0 - D(x_t), h_k = w_k . x_t,
 kappa = K^-omega):
 
     tied:    dl/dw_k = -2 kappa a_out [ sigma(h_k) r + (w_k . r) sigma'(h_k) x_t ]
@@ -83,7 +83,7 @@ class Committee:
         tied:    D(x_t) = c_t x_t + K^-omega sum_k a_out w_k sigma(w_k . x_t)
         untied:  D(x_t) = c_t x_t + K^-omega sum_k o_k sigma(w_k . x_t),   o_k in R^d
 
-    K = 1 tied is the single neuron of section 4.1.
+    K = 1 tied is the single neuron of docs/theory/mcm.md section 4.1.
 
     Parameters
     ----------
@@ -278,7 +278,7 @@ class Committee:
 
 
 def spherical_step(w: Tensor, grad: Tensor, eta: Tensor | float) -> Tensor:
-    """One projected spherical SGD step per neuron (section 8.1):
+    """One projected spherical SGD step per neuron (docs/theory/mcm.md section 8.1):
 
         g_perp = g - (g . w) w / ||w||^2,   w <- (w - eta g_perp) / ||w - eta g_perp||
 

@@ -1,4 +1,4 @@
-"""An ensemble of independent MLP denoisers with stacked weights (generalization.md, CPU demonstration).
+"""An ensemble of independent MLP denoisers with stacked weights (docs/theory/generalization.md section 11).
 
 Member e (e = 0..E-1) is the eps-predictor
 

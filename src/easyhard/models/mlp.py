@@ -1,4 +1,4 @@
-"""MLP denoiser for flattened images or patches (images_simplicity.md section 9).
+"""MLP denoiser for flattened images or patches (docs/theory/images.md section 9).
 
     h_1 = act(W_1 x_in + b_1 + e_1(i)),    h_l = act(W_l h_{l-1} + b_l + e_l(i)),    F = W_out h_L + b_out,
 

@@ -1,4 +1,4 @@
-"""DDPM U-Net for images: a thin factory over diffusers' ``UNet2DModel`` (images_simplicity.md section 1).
+"""DDPM U-Net for images: a thin factory over diffusers' ``UNet2DModel`` (docs/theory/images.md section 1).
 
 The network itself is diffusers' implementation (Ho et al. 2020 architecture: residual blocks with
 GroupNorm, sinusoidal time embedding, self-attention at the listed resolutions); this module only
@@ -27,7 +27,7 @@ MISSING_EXTRA = "the U-Net needs the 'unet' extra: pip install 'easyhard[unet]'"
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Hyper-parameters of the U-Net (defaults: the spec's "small" preset, about 4-8M parameters).
+    """Hyper-parameters of the U-Net (defaults: the "small" preset of docs/theory/images.md section 1, about 4-8M parameters).
 
     image_size: side of the square input, divisible by 2^(len(multipliers) - 1).
     channels: input (= output) channels.
@@ -82,7 +82,7 @@ class UNetConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> UNetConfig:
-        """A named preset ("small": the spec's default; "tiny": CPU tests) with optional overrides."""
+        """A named preset ("small": the default of docs/theory/images.md section 1; "tiny": CPU tests) with optional overrides."""
         if name not in UNET_PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(UNET_PRESETS)} (got {name!r})")
         known = {f.name for f in fields(cls)}

@@ -1,4 +1,4 @@
-"""Bayes-optimal denoiser E[x0 | x_t] of the mixed cumulant model (mcm_theory.md sections 3.1-3.2).
+"""Bayes-optimal denoiser E[x0 | x_t] of the mixed cumulant model (docs/theory/mcm.md sections 3.1-3.2).
 
 OU convention: x_t = a x0 + sqrt(Delta) xi with a = e^-t, Delta = 1 - e^-2t. With projections
 h_u = u.x_t, h_v = v.x_t, h_m = m.x_t and P_perp the projector orthogonal to span(m, u, v):
@@ -53,7 +53,7 @@ class GaussianChannels:
 
 
 def v_posterior_mean(h_v: torch.Tensor, e_nu: torch.Tensor, beta_v: float, t: float) -> torch.Tensor:
-    """E[v.x0 | h] = a h_v / ((1+beta_v) s2) + b (Delta/s2) E[nu | h]  (section 3.1; any coupling)."""
+    """E[v.x0 | h] = a h_v / ((1+beta_v) s2) + b (Delta/s2) E[nu | h]  (docs/theory/mcm.md section 3.1; any coupling)."""
     ch = GaussianChannels.at(0.0, beta_v, t)
     return ch.a * h_v / ((1 + beta_v) * ch.s2) + math.sqrt(beta_v / (1 + beta_v)) * (ch.delta / ch.s2) * e_nu
 

@@ -67,7 +67,7 @@ def render_markdown(results: dict, figure: str | None) -> str:
              "coefficients) with the log-log slope of |L(alpha) - L(0)| on alpha in [0.02, 0.2] as cross-check. "
              "For coupled latents the v row is the exponent once u is learned.", "",
              exponent_table(results["exponents"]), "",
-             f"All exponents match the spec's predictions: **{results['all_match']}**.", ""]
+             f"All exponents match the predictions of docs/theory/mcm.md section 6.2: **{results['all_match']}**.", ""]
     if figure:
         parts += [f"![loss curves]({figure})", ""]
     parts += ["## Per-direction MSE of the exact denoisers (quadrature)", ""]

@@ -1,5 +1,5 @@
-"""Step-size calibration of online SGD for a direction with exponent k >= 3 (calibration.md;
-mcm_theory.md sections 8.2-8.4).
+"""Step-size calibration of online SGD for a direction with exponent k >= 3 (docs/theory/calibration.md;
+docs/theory/mcm.md sections 8.2-8.4).
 
 Setting: the tied single neuron D(x_t) = c x_t + a_out w sigma(w.x_t), |w| = 1, per-sample loss
 l = ||x0 - D(x_t)||^2 (plain sum), one fresh sample per step, spherical step eta = eps / d^(k/2).
@@ -16,12 +16,12 @@ T = eps^2 G^2 m this is the d-independent escape SDE
     ds = (zeta s^(k-1) - s / 2) dT + dB_T,     zeta = k |c_k| / (eps G^2),   s_0 ~ N(0, 1),
 
 so the median number of samples is n_med = T*(zeta) / (eps^2 G^2) d^(k-1), T*(zeta) the median
-escape time (|s| -> infinity). k = 4 gives the spec's zeta = 4 |c_4| / (eps G^2) and
-n_med = T* zeta^2 G^2 / (16 c_4^2) d^3 (section 8.3). The barrier of the escape SDE, where its drift
+escape time (|s| -> infinity). k = 4 gives zeta = 4 |c_4| / (eps G^2) (docs/theory/calibration.md section 3) and
+n_med = T* zeta^2 G^2 / (16 c_4^2) d^3 (docs/theory/mcm.md section 8.3). The barrier of the escape SDE, where its drift
 vanishes, is s_c = (2 zeta)^(-1/(k-2)) (1 / sqrt(2 zeta) for k = 4).
 
 Directions with k <= 2 are not described by this SDE: they are learned at ~d log d samples with a
-step eta ~ 1/d (mcm_theory.md section 6.2), and :func:`calibrate` refuses them.
+step eta ~ 1/d (docs/theory/mcm.md section 6.2), and :func:`calibrate` refuses them.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from easyhard.theory.exponent import COEFFICIENT_TOL
 from easyhard.theory.hermite import loss_polynomial
 from easyhard.theory.loss import SingleNeuron
 
-#: default escape parameter zeta [choice, mcm_theory.md section 8.3]
+#: default escape parameter zeta [choice, docs/theory/mcm.md section 8.3]
 DEFAULT_ZETA = 0.3
-#: zeta range recommended by calibration.md (cost ~ T* zeta^2 is low, the barrier is crossed by noise)
+#: zeta range recommended by docs/theory/calibration.md (cost ~ T* zeta^2 is low, the barrier is crossed by noise)
 RECOMMENDED_ZETA = (0.15, 1.0)
-#: |c_k| below this is too weak to calibrate (pre-flight rule, mcm_theory.md section 6.6)
+#: |c_k| below this is too weak to calibrate (pre-flight rule, docs/theory/mcm.md section 6.6)
 WEAK_COEFFICIENT = 1e-3
 #: the recovery threshold must exceed this multiple of the barrier: threshold sqrt(d) >= margin s_c [choice]
 BARRIER_MARGIN = 2.0
@@ -66,7 +66,7 @@ _T_LIMIT = 1e9
 def gradient_noise(neuron: SingleNeuron) -> float:
     """G^2 = E||g_perp||^2 / d per generic coordinate at a random start (alpha = 0, d -> infinity).
 
-    Derivation (mcm_theory.md section 4.4, general skip c; a = e^-t, Delta = 1 - a^2). For a coordinate i
+    Derivation (docs/theory/mcm.md section 4.4, general skip c; a = e^-t, Delta = 1 - a^2). For a coordinate i
     orthogonal to w and to the spikes, x0_i = z_i, x_i = a z_i + sqrt(Delta) xi_i and
     r_i = (1 - c a) z_i - c sqrt(Delta) xi_i, independent of the variables along w. Along w,
     y = w.x0 ~ N(0, 1) at a random start, h = a y + sqrt(Delta) eta ~ N(0, 1) and
@@ -82,7 +82,7 @@ def gradient_noise(neuron: SingleNeuron) -> float:
                                        + (rho^2 + Delta) sigma'^2 ],      h ~ N(0, 1).
 
     The two-dimensional Gaussian integral over (y, eta) thus reduces exactly to one over h. At the
-    default c = a it is the spec's G^2 = 4 a_out^2 [Delta (E sigma^2 + E sigma'^2) + a_out^2 E(sigma^2 sigma'^2)].
+    default c = a it is G^2 = 4 a_out^2 [Delta (E sigma^2 + E sigma'^2) + a_out^2 E(sigma^2 sigma'^2)] (docs/theory/calibration.md section 2).
     Only second moments of the data enter, so the value holds for any MCM coordinate of unit variance
     (also the whitened v); at finite d, E||g_perp||^2 = (d - 1) G^2 when every direction orthogonal to w
     has unit variance. Quadrature: composite Gauss-Legendre against N(0, 1) with a panel edge at 0
@@ -107,7 +107,7 @@ def leading_coefficient(model: MixedCumulantModel, neuron: SingleNeuron, directi
                         k_max: int = 8) -> tuple[int, float]:
     """(k, c_k): the lowest order at which the direction enters L(alpha_u, alpha_v) - L(0, 0) on its own.
 
-    u: first c_(k,0) != 0; v: first c_(0,k) != 0 (``loss_polynomial``, mcm_theory.md section 5),
+    u: first c_(k,0) != 0; v: first c_(0,k) != 0 (``loss_polynomial``, docs/theory/mcm.md section 5),
     zero meaning |c| <= COEFFICIENT_TOL. This is the expansion from a random start (all other overlaps
     O(d^-1/2)); with coupled latents the mixed terms c_ij alpha_u^i alpha_v^j are ignored here (see
     :func:`calibrate`, which refuses directions that escape jointly). ConfigError if the direction does
@@ -278,8 +278,8 @@ def escape_median(zeta: float, k: int = 4) -> float:
     zeta, from the upwind differences) against a 4x finer grid, 4x more time steps and twice s_max;
     the mean exit time of the same discretisation matches the exact double-integral formula to 1e-6,
     and an Euler-Maruyama Monte Carlo of the SDE agrees within its error. Values: T*(0.15, 0.3, 0.6,
-    1.0, 2.0) = 6.477, 2.963, 1.502, 0.933, 0.492 (calibration.md, Monte Carlo: 6.47, 2.97, 1.50, 0.93;
-    mcm_theory.md section 8.3: 0.50 at zeta = 2). About 0.05-0.3 s per call; results are cached.
+    1.0, 2.0) = 6.477, 2.963, 1.502, 0.933, 0.492 (docs/theory/calibration.md, Monte Carlo: 6.47, 2.97, 1.50, 0.93;
+    docs/theory/mcm.md section 8.3: 0.50 at zeta = 2). About 0.05-0.3 s per call; results are cached.
     ConfigError for zeta <= 0, k < 3, or zeta so small that T* > 1e9.
     """
     check_positive("zeta", zeta)
@@ -291,7 +291,7 @@ def escape_median(zeta: float, k: int = 4) -> float:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Step size and predicted median cost of online SGD for one direction (mcm_theory.md section 8.3).
+    """Step size and predicted median cost of online SGD for one direction (docs/theory/mcm.md section 8.3).
 
     eta = eps / d^(k/2), zeta = k |c_k| / (eps G^2), n_med(d) = T*(zeta) / (eps^2 G^2) d^(k-1);
     R = G^2 / c_k^2 is the figure of merit (smaller is cheaper). ``t_star`` and ``n_med_coefficient``
@@ -414,13 +414,13 @@ def calibrate(model: MixedCumulantModel, neuron: SingleNeuron, direction: str = 
     """Calibrated step eta = eps / d^(k/2) and predicted median cost n_med = T*/(eps^2 G^2) d^(k-1).
 
     Give ``zeta`` (default 0.3) or ``eps``, not both; they are tied by zeta = k |c_k| / (eps G^2)
-    (k = 4: eps = 4 |c_4| / (zeta G^2), mcm_theory.md section 8.3). k, c_k from :func:`leading_coefficient`,
+    (k = 4: eps = 4 |c_4| / (zeta G^2), docs/theory/mcm.md section 8.3). k, c_k from :func:`leading_coefficient`,
     G^2 from :func:`gradient_noise`, T* from :func:`escape_median`. ``threshold`` is the |alpha| of weak
     recovery, used for the barrier check. ConfigError when k <= 2 (learned at ~d log d with eta ~ 1/d)
     or when a mixed (alpha_u, alpha_v) term of order < k makes the overlaps escape jointly (coupled
     latents with beta_u > 0). Warnings (strings) flag settings outside the recommended regime.
 
-    Setting S1 of calibration.md (tanh, a_out = -1, t = 0.1, bernoulli_gauss(0.1), beta_v = 20,
+    Setting S1 of docs/theory/calibration.md (tanh, a_out = -1, t = 0.1, bernoulli_gauss(0.1), beta_v = 20,
     beta_u = 0): c_4 = -0.867, G^2 = 0.923, eps = 12.53 at zeta = 0.3, n_med = 0.0205 d^3.
     """
     check_choice("direction", direction, ("u", "v"))

@@ -1,4 +1,4 @@
-"""The diffusion information exponent and the predicted online-SGD cost (mcm_theory.md section 6).
+"""The diffusion information exponent and the predicted online-SGD cost (docs/theory/mcm.md section 6).
 
 For a spike direction s, expand the spherical population loss around a random start:
 

@@ -1,4 +1,4 @@
-"""Hermite expansion of the population loss (mcm_theory.md section 5).
+"""Hermite expansion of the population loss (docs/theory/mcm.md section 5).
 
     E_y F_t(y) = sum_k (f_k / k!) E[He_k(y)],      f_k(t) = E_g[F_t(g) He_k(g)],  g ~ N(0, 1)
 
@@ -14,7 +14,7 @@ L(alpha) - L(0) is f_k E[He_k(y)]/k!, and the coefficient of alpha_u^i alpha_v^j
     c_ij = f_(i+j) beta_u^(i/2) b^j sum_l E[lambda^i nu^(j-2l)] (-1)^l / (i! (j-2l)! 2^l l!)
 
 which reproduces c_2 = beta_u f_2/2, c_3 = b^3 kappa_3 f_3/6, c_4 = b^4 kappa_4 f_4/24 and
-c_11 = rho sqrt(beta_u) b f_2 of section 5.
+c_11 = rho sqrt(beta_u) b f_2 of docs/theory/mcm.md section 5.
 """
 
 from __future__ import annotations

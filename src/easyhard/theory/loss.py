@@ -1,4 +1,4 @@
-"""Population loss of the tied single-neuron denoiser (mcm_theory.md sections 4.1 and 5).
+"""Population loss of the tied single-neuron denoiser (docs/theory/mcm.md sections 4.1 and 5).
 
     D_w(x_t) = c x_t + a_out w sigma(w.x_t),   |w| = 1,   x_t = a x0 + sqrt(Delta) xi (OU, a = e^-t)
 
@@ -9,7 +9,7 @@ The fixed-time loss L_t(w) = E||x0 - D_w(x_t)||^2 depends on w only through the 
     F_t(y) = E_eta[ -2 a_out ((1 - c a) y - c sqrt(Delta) eta) sigma(h) + a_out^2 sigma(h)^2 ],
              h = a y + sqrt(Delta) eta,  eta ~ N(0, 1)
 
-(the spec's F_t is the case c = a). For the MCM and unit w with overlaps (alpha_u, alpha_v, alpha_m),
+(docs/theory/mcm.md section 5 gives F_t for this general c). For the MCM and unit w with overlaps (alpha_u, alpha_v, alpha_m),
 
     y = beta_m alpha_m + sqrt(beta_u) alpha_u lambda + b alpha_v nu + sqrt(1 - b^2 alpha_v^2) g,  b^2 = beta_v/(1+beta_v)
 
@@ -126,7 +126,7 @@ def circle_minimiser(model: MixedCumulantModel, neuron: SingleNeuron, n_grid: in
     """(alpha_u, alpha_v) = (cos theta, sin theta) minimising L on the unit circle of span(u, v).
 
     A grid scan over theta in [0, 2 pi) followed by bounded Brent refinement around the best grid point.
-    (mcm_theory.md section 7: tanh, beta_u = beta_v = 5, sign coupling, t = 0.5 gives (0.937, 0.350).)
+    (docs/theory/mcm.md section 7: tanh, beta_u = beta_v = 5, sign coupling, t = 0.5 gives (0.937, 0.350).)
     """
     from scipy.optimize import minimize_scalar
 

@@ -1,5 +1,5 @@
-"""Training engines: online SGD of simple denoisers on a leading ensemble axis (mcm_theory.md section 8), and
-diffusion training of networks on finite datasets with exact resume (images_simplicity.md section 1)."""
+"""Training engines: online SGD of simple denoisers on a leading ensemble axis (docs/theory/mcm.md section 8), and
+diffusion training of networks on finite datasets with exact resume (docs/theory/images.md section 1)."""
 
 from easyhard.train.diffusion import DiffusionTrainConfig, TrainResult, load_snapshot, train_diffusion
 from easyhard.train.online import (

@@ -2,7 +2,7 @@
 
 One call advances every member of the ensemble through the steps ``i0 .. i1-1`` of a chunk. The
 maths is that of :class:`easyhard.models.Committee` and :func:`easyhard.models.spherical_step`
-(mcm_theory.md sections 4.2, 4.4 and 8.1), written out element by element so that one step of one
+(docs/theory/mcm.md sections 4.2, 4.4 and 8.1), written out element by element so that one step of one
 member costs O(K d) arithmetic and 2d normal draws, with no per-step interpreter overhead. The
 torch engine in :mod:`easyhard.train.online` runs the same maths through ``Committee.gradients``
 and consumes the same random numbers; the tests compare the two.
@@ -10,7 +10,7 @@ and consumes the same random numbers; the tests compare the two.
 Per step and member (online mode; in finite-n mode x0 = X[idx] and only xi is drawn):
 
     z ~ N(0, I_d), xi ~ N(0, I_d)                           (drawn in this order from the member's stream)
-    x0 = z + beta_m m + sqrt(beta_u) lambda u + (sqrt(beta_v) nu (1 - k) - k v.z) v      (= S(...) of section 1.1)
+    x0 = z + beta_m m + sqrt(beta_u) lambda u + (sqrt(beta_v) nu (1 - k) - k v.z) v      (= S(...) of docs/theory/mcm.md section 1.1)
     x_t = a x0 + s xi,  h_k = w_k . x_t,  r = x0 - c x_t - kappa sum_k o_k sigma(h_k)     (o_k = a_out w_k if tied)
     grad w_k = -2 weight kappa [a_out sigma(h_k) r + (o_k . r) sigma'(h_k) x_t]   (tied: o_k . r = a_out w_k . r)
     grad o_k = -2 weight kappa sigma(h_k) r                                        (untied)

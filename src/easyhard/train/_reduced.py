@@ -1,4 +1,4 @@
-"""Exact reduced simulation of single-neuron online spherical SGD (calibration.md, "Exact reduced simulation").
+"""Exact reduced simulation of single-neuron online spherical SGD (docs/theory/calibration.md, "Exact reduced simulation").
 
 For the tied single neuron D(x_t) = c x_t + a_out w sigma(w.x_t) with |w| = 1, fresh samples and a
 fixed time t, the law of (x0, xi) is invariant under rotations that fix the spikes (u, v, m). The

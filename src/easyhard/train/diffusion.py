@@ -1,4 +1,4 @@
-"""Training a diffusion denoiser on a finite dataset, with exact resume (images_simplicity.md section 1).
+"""Training a diffusion denoiser on a finite dataset, with exact resume (docs/theory/images.md section 1).
 
 One step (Ho et al. 2020): draw a mini-batch x0 of the in-memory training set, indices i ~ U{0..T-1}
 and eps ~ N(0, I), form x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps and minimise the eps-MSE
@@ -40,7 +40,7 @@ STATE_FILE = "state.pt"
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    """Training settings. Defaults: the CPU patch demo of images_simplicity.md section 9.
+    """Training settings. Defaults: the CPU patch demo of docs/theory/images.md section 9.
 
     lr with ``warmup`` linear warm-up steps then constant; grad_clip None disables clipping; ema_decay
     None disables the EMA. Checkpoints: step 0 and ``per_decade`` log-spaced steps per decade from

@@ -1,4 +1,4 @@
-"""Training an ensemble of denoisers, one per data split, in one loop (generalization.md, sample splitting).
+"""Training an ensemble of denoisers, one per data split, in one loop (docs/theory/generalization.md section 4).
 
 Member e is trained on its own finite split D_e (n_e points) with the eps-MSE of Ho et al. (2020):
 every step takes, for every member, a batch of ``batch_size`` points of D_e (the split tiled, or drawn
@@ -40,7 +40,7 @@ BATCHES = ("tile", "random")
 class EnsembleTrainConfig:
     """steps of Adam (learning rate ``lr``) with ``batch_size`` points per member per step, each with a fresh
     index and noise; ``batches``: "tile" (every point of the split batch_size / n times per step, the CPU
-    demonstration of generalization.md) or "random" (drawn with replacement) [choice]; ``checkpoints``
+    demonstration of docs/theory/generalization.md) or "random" (drawn with replacement) [choice]; ``checkpoints``
     log-spaced checkpoint steps from ``first`` to ``steps``; ``seed`` of the training generator."""
 
     steps: int = 8000

@@ -1,4 +1,4 @@
-"""Online SGD of simple denoisers on the mixed cumulant model, E runs at once (mcm_theory.md section 8.1).
+"""Online SGD of simple denoisers on the mixed cumulant model, E runs at once (docs/theory/mcm.md section 8.1).
 
 Each of the E ensemble members is an independent run with its own seed (and optionally its own step
 size and data model). A step draws one sample x0 (fresh, or from a fixed training set of n samples
@@ -67,7 +67,7 @@ class DivergenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class OnlineSGDConfig:
-    """Online SGD settings (mcm_theory.md section 8.1).
+    """Online SGD settings (docs/theory/mcm.md section 8.1).
 
     steps: SGD steps per member; step size eta = delta / d**p (``delta`` a number or one per member).
     spherical: project the gradient on the tangent space and renormalise (else plain SGD).
@@ -190,7 +190,7 @@ def log_steps(steps: int, n_logs: int) -> np.ndarray:
 
 
 def _matched_coefficients(act: Matched) -> tuple[float, float, float]:
-    """sigma_match(h) = c1 h + c2 tanh(c3 h) for Rademacher nu (section 4.3)."""
+    """sigma_match(h) = c1 h + c2 tanh(c3 h) for Rademacher nu (docs/theory/mcm.md section 4.3)."""
     from easyhard.oracles.bayes_mcm import GaussianChannels
 
     ch = GaussianChannels.at(0.0, act.beta_v, act.t)
@@ -332,7 +332,7 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
                    config: OnlineSGDConfig, seeds: Sequence[int],
                    progress: Callable[[int], None] | None = None, checkpoint: str | Path | None = None,
                    checkpoint_every: float = 60.0) -> OnlineSGDResult:
-    """Run ``len(seeds)`` independent online-SGD runs of ``model`` on ``data`` (section 8.1).
+    """Run ``len(seeds)`` independent online-SGD runs of ``model`` on ``data`` (docs/theory/mcm.md section 8.1).
 
     ``progress(k)`` is called with the number of steps just completed (for a progress bar).
     Raises :class:`DivergenceError` when weights or loss stop being finite (checked at every record).
