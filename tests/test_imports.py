@@ -1,8 +1,8 @@
 """Import hygiene: every module imports in a fresh interpreter, and imports point one way.
 
-Layers, lowest first (each may import only layers below it; ``_validate``, ``_quadrature`` and ``_io`` are
-base modules every layer may use): data -> diffusion -> oracles -> theory -> models -> train -> metrics ->
-experiments -> runs / report -> cli. The activations sit below theory and import only the base.
+Layers, lowest first (see ``LAYERS``; each imports only layers below it, function-level imports included;
+``_validate``, ``_quadrature`` and ``_io`` are the base every layer may use): data and activations ->
+diffusion -> oracles -> theory -> models -> train -> metrics -> report -> experiments -> runs -> cli.
 """
 
 from __future__ import annotations
