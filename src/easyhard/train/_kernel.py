@@ -4,7 +4,7 @@ One call advances every member of the ensemble through the steps ``i0 .. i1-1`` 
 maths is that of :class:`easyhard.models.Committee` and :func:`easyhard.models.spherical_step`
 (docs/theory/mcm.md sections 4.2, 4.4 and 8.1), written out element by element so that one step of one
 member costs O(K d) arithmetic and 2d normal draws, with no per-step interpreter overhead. The
-torch engine in :mod:`easyhard.train.online` runs the same maths through ``Committee.gradients``
+torch engine (:mod:`easyhard.train.online.torch_engine`) runs the same maths through ``Committee.gradients``
 and consumes the same random numbers; the tests compare the two.
 
 Per step and member (online mode; in finite-n mode x0 = X[idx] and only xi is drawn):

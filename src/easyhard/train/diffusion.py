@@ -32,7 +32,7 @@ from torch import nn
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_nonnegative, check_positive
 from easyhard.diffusion import DDPMSchedule
-from easyhard.train.online import DivergenceError
+from easyhard.train.divergence import DivergenceError
 
 OPTIMIZERS = ("adam", "adamw")
 STATE_FILE = "state.pt"

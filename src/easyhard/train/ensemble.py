@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule
 from easyhard.train.diffusion import STATE_FILE, read_state
-from easyhard.train.online import DivergenceError
+from easyhard.train.divergence import DivergenceError
 
 BATCHES = ("tile", "random")
 
