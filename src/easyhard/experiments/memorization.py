@@ -440,7 +440,7 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
     run is only re-analysed.
     """
     from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
-    from easyhard.runs import atomic_write_json
+    from easyhard._io import atomic_write_json
     from easyhard.train.ensemble import STATE_FILE, train_ensemble
 
     torch.set_num_threads(config.threads)
@@ -470,7 +470,7 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
         atomic_write_json(records_path, records)
 
     if resume:
-        from easyhard.runs.io import load_tensors
+        from easyhard._io import load_tensors
 
         _, meta = load_tensors(out / STATE_FILE)
         done = int(meta["step"])
