@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from easyhard._validate import ConfigError
-from easyhard.diffusion import DDPMSchedule, SamplerNoise, sample, timesteps, wiener_eps
+from easyhard.diffusion import CoefficientDenoiser, DDPMSchedule, SamplerNoise, sample, timesteps
 from easyhard.oracles.wiener import WienerDenoiser
 
 D = 16
@@ -107,7 +107,7 @@ def test_exact_ddim_heun_quadratic_floor_beats_linear_euler(gaussian):
     Euler-linear-50 0.081 / 0.362; e_mu 0.0014 for all."""
     mu, cov, wiener = gaussian
     schedule = DDPMSchedule()
-    denoiser = wiener_eps(wiener, schedule)
+    denoiser = CoefficientDenoiser(wiener)
     kw = dict(dtype=torch.float64)
     e_mu, e_cov, e_white = _exact_ddim_errors(denoiser, schedule, mu, cov, steps=25, spacing="quadratic", heun=True, **kw)
     assert e_mu < 0.01 and e_cov < 0.05 and e_white < 0.05
@@ -128,7 +128,7 @@ def test_sampled_ddim_and_ancestral_match_gaussian(gaussian):
     at n = 10k in float32 (used here for speed): 0.032 / 0.10."""
     mu, cov, wiener = gaussian
     schedule = DDPMSchedule()
-    denoiser = wiener_eps(wiener, schedule)
+    denoiser = CoefficientDenoiser(wiener)
     x = sample(denoiser, schedule, (20000, D), generator=torch.Generator().manual_seed(1),
                clip_x0=None, dtype=torch.float64)
     e_mu, e_cov, _ = _sampled_errors(x, mu, cov)
@@ -142,8 +142,8 @@ def test_sampled_ddim_and_ancestral_match_gaussian(gaussian):
 def test_shared_noise_gives_common_random_numbers(gaussian):
     mu, cov, wiener = gaussian
     schedule = DDPMSchedule(T=200)
-    den_a = wiener_eps(wiener, schedule)
-    den_b = wiener_eps(WienerDenoiser(mu, cov, ridge_factor=0.0), schedule)  # identical, separate object
+    den_a = CoefficientDenoiser(wiener)
+    den_b = CoefficientDenoiser(WienerDenoiser(mu, cov, ridge_factor=0.0))  # identical, separate object
     noise = SamplerNoise.draw((64, D), torch.Generator().manual_seed(5))
     for method in ("ddim", "ancestral"):
         kw = dict(method=method, steps=20, noise=noise)
@@ -163,7 +163,7 @@ def test_shared_noise_gives_common_random_numbers(gaussian):
 def test_generator_path_is_reproducible_and_shape_checked(gaussian):
     _, _, wiener = gaussian
     schedule = DDPMSchedule(T=100)
-    den = wiener_eps(wiener, schedule)
+    den = CoefficientDenoiser(wiener)
     x1 = sample(den, schedule, (4, 1, 4, 4), generator=torch.Generator().manual_seed(3), steps=10)
     x2 = sample(den, schedule, (4, 1, 4, 4), generator=torch.Generator().manual_seed(3), steps=10)
     assert x1.shape == (4, 1, 4, 4) and torch.equal(x1, x2)

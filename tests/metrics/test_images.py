@@ -10,7 +10,7 @@ import torch
 from easyhard._validate import ConfigError
 from easyhard.data.images import embedded_patches, gaussian_clone
 from easyhard.diffusion.ddpm import DDPMSchedule
-from easyhard.diffusion.samplers import wiener_eps
+from easyhard.diffusion import CoefficientDenoiser, NoiseLevel, predict_eps
 from easyhard.metrics import images as M
 from easyhard.oracles.wiener import WienerDenoiser
 
@@ -35,7 +35,7 @@ def test_gaussian_mmse_matches_monte_carlo_and_wiener_convention():
     wiener = WienerDenoiser(mean, cov, ridge_factor=0)
     abar = SCHEDULE.alphas_bar[INDICES]
     closed = M.gaussian_mmse_eps(lam, abar)
-    mc = M.eps_loss_per_level(wiener_eps(wiener, SCHEDULE), x.view(-1, 3, 4), SCHEDULE, INDICES)
+    mc = M.eps_loss_per_level(CoefficientDenoiser(wiener), x.view(-1, 3, 4), SCHEDULE, INDICES)
     torch.testing.assert_close(mc, closed, rtol=0.03, atol=0)
     # WienerDenoiser.mmse_eps sums over modes; L_G is the per-pixel mean
     for i, value in zip(INDICES, closed):
@@ -52,7 +52,7 @@ def test_fixed_noise_is_common_across_calls_and_distinct_across_levels():
     assert not torch.allclose(a, M.fixed_noise(64, 5, 11, seed=3))
     assert not torch.allclose(a, M.fixed_noise(64, 5, 10, seed=4))
     x, mean, cov, _ = _gaussian(500, 6, 1)
-    predictor = wiener_eps(WienerDenoiser(mean, cov), SCHEDULE)
+    predictor = CoefficientDenoiser(WienerDenoiser(mean, cov))
     first = M.eps_loss_per_level(predictor, x, SCHEDULE, INDICES, seed=7, batch_size=128)
     assert torch.equal(first, M.eps_loss_per_level(predictor, x, SCHEDULE, INDICES, seed=7, batch_size=128))
     # batching changes only the summation order
@@ -64,11 +64,12 @@ def test_wiener_distance_zero_for_wiener_and_closed_form_for_scaled_predictor():
     # Gaussian data: eps_hat_G = E[eps | x_t], E||eps_hat_G||^2 / d = 1 - L_G, so c * eps_hat_G has
     # delta_W = (c - 1)^2 (1 - L_G) / L_G.
     x, mean, cov, lam = _gaussian(20000, 10, 2)
-    wiener = wiener_eps(WienerDenoiser(mean, cov, ridge_factor=0), SCHEDULE)
+    wiener = CoefficientDenoiser(WienerDenoiser(mean, cov, ridge_factor=0))
     zero = M.wiener_distance(wiener, wiener, x, SCHEDULE, INDICES)
     assert float(zero.abs().max()) == 0.0
     c = 1.3
-    delta = M.wiener_distance(lambda xt, i: c * wiener(xt, i), wiener, x, SCHEDULE, INDICES)
+    delta = M.wiener_distance(lambda xt, i: c * predict_eps(wiener, xt, NoiseLevel.at_index(SCHEDULE, i)), wiener,
+                              x, SCHEDULE, INDICES)
     lg = M.gaussian_mmse_eps(lam, SCHEDULE.alphas_bar[INDICES])
     torch.testing.assert_close(delta, (c - 1) ** 2 * (1 - lg) / lg, rtol=0.04, atol=0)
 
@@ -77,8 +78,8 @@ def test_wiener_distance_of_bayes_denoiser_is_one_minus_loss_ratio():
     # Rademacher pixels: mean 0, covariance I, Bayes x0_hat = tanh(a x_t / s^2); Wiener x0_hat = a x_t.
     g = torch.Generator().manual_seed(5)
     x = torch.randint(0, 2, (20000, 8), generator=g).double() * 2 - 1
-    wiener = wiener_eps(WienerDenoiser(torch.zeros(8, dtype=torch.float64),
-                                                   torch.eye(8, dtype=torch.float64), ridge_factor=0), SCHEDULE)
+    wiener = CoefficientDenoiser(WienerDenoiser(torch.zeros(8, dtype=torch.float64),
+                                                torch.eye(8, dtype=torch.float64), ridge_factor=0))
 
     def bayes(xt, i):
         a, s = SCHEDULE.coefficients(i)

@@ -172,6 +172,7 @@ class GaussianMixture:
         """E[x0 | x_t] = sum_k r_k(x_t) [mu_k + a C_k (a^2 C_k + s^2 I)^{-1} (x_t - a mu_k)].
 
         r_k = softmax_k(log w_k + log N(x_t; a mu_k, a^2 C_k + s^2 I)). x_t: (B, d); returns (B, d) float64.
+        As a :class:`~easyhard.diffusion.Denoiser` (float levels): ``CoefficientDenoiser(mixture.posterior_mean)``.
         """
         x_t = self._check_points("x_t", x_t)
         noisy = self.noised(a, s)

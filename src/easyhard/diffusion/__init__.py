@@ -1,8 +1,10 @@
 """Forward processes (continuous OU, discrete DDPM) and denoiser parametrisations.
 
 Theory convention: x_t = a x0 + s xi with a = exp(-t), s^2 = 1 - exp(-2t); a DDPM step i is the
-same process at OU time t_i = -ln(abar_i) / 2. Denoisers and conversions take (a, s) so that
-both time conventions plug in.
+same process at OU time t_i = -ln(abar_i) / 2. Conversions take (a, s) so that both time
+conventions plug in; every denoiser (network, oracle or a user's module) is called as
+``denoiser(x_t, level)`` with a :class:`NoiseLevel` that carries (a, s), t and the step index
+(:mod:`easyhard.diffusion.denoiser`).
 """
 
 from easyhard.diffusion.ddpm import SCHEDULE_KINDS, DDPMSchedule, cosine_betas, linear_betas
@@ -46,6 +48,18 @@ __all__ = [
     "x0_to_score",
 ]
 
-from easyhard.diffusion.samplers import METHODS, SPACINGS, SamplerNoise, sample, timesteps, wiener_eps
+from easyhard.diffusion.denoiser import (
+    CoefficientDenoiser,
+    Denoiser,
+    EpsModel,
+    NoiseLevel,
+    OUTimeDenoiser,
+    as_denoiser,
+    as_step,
+    predict_eps,
+    predict_x0,
+)
+from easyhard.diffusion.samplers import METHODS, SPACINGS, SamplerNoise, sample, timesteps
 
-__all__ += ["METHODS", "SPACINGS", "SamplerNoise", "sample", "timesteps", "wiener_eps"]
+__all__ += ["CoefficientDenoiser", "Denoiser", "EpsModel", "METHODS", "NoiseLevel", "OUTimeDenoiser", "SPACINGS",
+            "SamplerNoise", "as_denoiser", "as_step", "predict_eps", "predict_x0", "sample", "timesteps"]

@@ -1,8 +1,11 @@
 """Samplers for DDPM-schedule denoisers: deterministic DDIM (optionally Heun) and ancestral DDPM.
 
-A denoiser is any callable ``denoiser(x_t, i) -> eps_hat`` (x_t: (B, ...), i: an int step index in
-the schedule's base, eps_hat shaped like x_t), e.g. ``lambda x, i: model(x, i, schedule)`` or the
-exact Gaussian denoiser from :func:`wiener_eps`.
+The denoiser is any :class:`~easyhard.diffusion.denoiser.Denoiser` (eps- or x0-predicting), evaluated
+at ``NoiseLevel.at_index(schedule, i)`` for the step indices i below and read in eps space through
+:func:`~easyhard.diffusion.denoiser.predict_eps`: a network (``MLPDenoiser``, ``UNetDenoiser``,
+``EnsembleMLP``), the exact Gaussian denoiser ``CoefficientDenoiser(WienerDenoiser(mu, cov))`` or a
+user's module ``EpsModel(module, schedule)``. A plain callable ``denoiser(x_t, i) -> eps_hat`` (i an int
+step index in the schedule's base) is accepted too (:func:`~easyhard.diffusion.denoiser.as_denoiser`).
 
 Time grid. ``steps`` indices i_{K-1} > ... > i_0 = index_base (:func:`timesteps`):
     quadratic:  i_k = round((k / (steps - 1))^2 (T - 1)),   linear: i_k = round(k (T - 1) / (steps - 1)),
@@ -50,10 +53,7 @@ from torch import Tensor
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule
-from easyhard.diffusion.parametrization import x0_to_eps
-from easyhard.oracles.wiener import WienerDenoiser
-
-Denoiser = Callable[[Tensor, int], Tensor]
+from easyhard.diffusion.denoiser import Denoiser, NoiseLevel, as_denoiser, predict_eps
 
 METHODS = ("ddim", "ancestral")
 SPACINGS = ("quadratic", "linear")
@@ -103,25 +103,12 @@ class SamplerNoise:
         return torch.Generator(device=self.initial.device).manual_seed(self.step_seed)
 
 
-def wiener_eps(wiener: WienerDenoiser, schedule: DDPMSchedule) -> Denoiser:
-    """The exact Gaussian denoiser in eps space: eps_hat = (x_t - a D_G(x_t)) / s at step i.
-
-    The returned callable takes x_t of shape (B, d) or (B, C, H, W) with C*H*W = d and an int i.
-    """
-
-    def denoiser(x_t: Tensor, i: int) -> Tensor:
-        a, s = schedule.coefficients(i)
-        flat = x_t.reshape(x_t.shape[0], -1)
-        return x0_to_eps(wiener(flat, a, s), flat, a, s).reshape(x_t.shape)
-
-    return denoiser
-
-
 def _x0_and_eps(denoiser: Denoiser, x: Tensor, i: int, schedule: DDPMSchedule,
                 clip_x0: float | None) -> tuple[Tensor, Tensor]:
     """(x0_hat, eps_hat) at step i, with x0_hat clipped and eps_hat made consistent if asked."""
-    a, s = schedule.coefficients(i)
-    eps = denoiser(x, i)
+    level = NoiseLevel.at_index(schedule, i)
+    a, s = level.a, level.s
+    eps = predict_eps(denoiser, x, level)
     if eps.shape != x.shape:
         raise ConfigError(f"denoiser output must have the shape of x_t {tuple(x.shape)} (got {tuple(eps.shape)})")
     x0 = (x - s * eps) / a
@@ -164,12 +151,12 @@ def _ancestral(denoiser: Denoiser, x: Tensor, indices: list[int], schedule: DDPM
 
 
 @torch.no_grad()
-def sample(denoiser: Denoiser, schedule: DDPMSchedule, shape: Sequence[int], *,
+def sample(denoiser: Denoiser | Callable[[Tensor, int], Tensor], schedule: DDPMSchedule, shape: Sequence[int], *,
            method: str = "ddim", steps: int = 25, spacing: str = "quadratic", heun: bool = True,
            clip_x0: float | None = 2.0, generator: torch.Generator | None = None,
            noise: SamplerNoise | None = None, device: torch.device | str = "cpu",
            dtype: torch.dtype = torch.float32) -> Tensor:
-    """Generate samples of shape ``shape`` (B, ...) with ``denoiser(x_t, i) -> eps_hat``.
+    """Generate samples of shape ``shape`` (B, ...) with a Denoiser (or ``denoiser(x_t, i) -> eps_hat``).
 
     method: "ddim" (deterministic, Heun-corrected if ``heun``) or "ancestral" (``heun`` ignored);
     steps, spacing: the index grid of :func:`timesteps` (``steps=schedule.T`` with linear spacing
@@ -181,6 +168,7 @@ def sample(denoiser: Denoiser, schedule: DDPMSchedule, shape: Sequence[int], *,
     ``noise`` is given, else on ``device`` with ``dtype``.
     """
     check_choice("method", method, METHODS)
+    denoiser = as_denoiser(denoiser)
     if clip_x0 is not None:
         clip_x0 = check_positive("clip_x0", clip_x0)
     indices = timesteps(schedule, steps, spacing)

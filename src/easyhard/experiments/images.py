@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -166,21 +165,21 @@ def _sample_metrics(gen: torch.Tensor, ref: Reference) -> dict:
             "mode_variances": mode_variances(gen, ref.train_moments).tolist()}
 
 
-def _generate(eps_fn, config: ImagesConfig, ref: Reference) -> torch.Tensor:
+def _generate(denoiser, config: ImagesConfig, ref: Reference) -> torch.Tensor:
     from easyhard.diffusion.samplers import SamplerNoise, sample
 
     noise = SamplerNoise.draw((config.n_gen, *ref.train.shape[1:]), torch.Generator().manual_seed(20_000))
     with torch.no_grad():
-        return sample(eps_fn, config.schedule(), noise.initial.shape, steps=config.sampler_steps, noise=noise)
+        return sample(denoiser, config.schedule(), noise.initial.shape, steps=config.sampler_steps, noise=noise)
 
 
 def floors(config: ImagesConfig, ref: Reference) -> dict:
     """Gaussian MMSE per level, the plug-in Wiener test loss, and the sampling and sampler floors."""
-    from easyhard.diffusion.samplers import wiener_eps
+    from easyhard.diffusion.denoiser import CoefficientDenoiser
     from easyhard.metrics.images import eps_loss_per_level, gaussian_mmse_eps
 
     schedule = config.schedule()
-    wiener = wiener_eps(ref.wiener, schedule)
+    wiener = CoefficientDenoiser(ref.wiener)
     abar = torch.stack([torch.as_tensor(schedule.alpha_bar(i), dtype=torch.float64) for i in config.eval_indices])
     l_gauss = gaussian_mmse_eps(ref.eigenvalues, abar)
     l_test = eps_loss_per_level(wiener, ref.test, schedule, config.eval_indices)
@@ -193,24 +192,23 @@ def floors(config: ImagesConfig, ref: Reference) -> dict:
 
 def run_arm(config: ImagesConfig, ref: Reference, data: torch.Tensor, arm: str, seed: int, out_dir: str) -> dict:
     """Train one arm and measure it at every checkpoint; returns its curves."""
-    from easyhard.diffusion.samplers import wiener_eps
+    from easyhard.diffusion.denoiser import CoefficientDenoiser
     from easyhard.metrics.images import eps_loss_per_level, wiener_distance
     from easyhard.train.diffusion import DiffusionTrainConfig, train_diffusion
 
     torch.set_num_threads(1)
     schedule = config.schedule()
     model = make_model(config, ref, seed)
-    wiener = wiener_eps(ref.wiener, schedule)
+    wiener = CoefficientDenoiser(ref.wiener)
     curves: dict[str, list] = {"steps": [], "loss": [], "delta_W": [], "E_Sigma": [], "E_R": [], "E_K": [],
                                "mode_variances": []}
 
     def measure(step, net, _ema):
-        net.eval()
-        eps_fn = partial(_eps, net, schedule)
+        net.eval()  # the MLP and the U-Net are Denoisers: net(x_t, level)
         with torch.no_grad():
-            curves["loss"].append(eps_loss_per_level(eps_fn, ref.test, schedule, config.eval_indices).tolist())
-            curves["delta_W"].append(wiener_distance(eps_fn, wiener, ref.test, schedule, config.eval_indices).tolist())
-        for key, value in _sample_metrics(_generate(eps_fn, config, ref), ref).items():
+            curves["loss"].append(eps_loss_per_level(net, ref.test, schedule, config.eval_indices).tolist())
+            curves["delta_W"].append(wiener_distance(net, wiener, ref.test, schedule, config.eval_indices).tolist())
+        for key, value in _sample_metrics(_generate(net, config, ref), ref).items():
             curves[key].append(value)
         curves["steps"].append(step)
         net.train()
@@ -222,10 +220,6 @@ def run_arm(config: ImagesConfig, ref: Reference, data: torch.Tensor, arm: str, 
     result = train_diffusion(model, data, schedule, train_cfg, Path(out_dir) / f"{arm}-seed{seed}",
                              on_checkpoint=measure)
     return {"arm": arm, "seed": seed, **curves, "train_loss": result.train_loss, "images_per_s": result.images_per_s}
-
-
-def _eps(net, schedule, x_t, i):
-    return net(x_t, i, schedule)
 
 
 def run_images(config: ImagesConfig, out_dir: str | Path, progress: Callable[[str], None] | None = None) -> dict:

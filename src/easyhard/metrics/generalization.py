@@ -1,8 +1,9 @@
 """Generalisation diagnostics of a denoiser per noise level, and the timescales of training curves
 (docs/theory/generalization.md sections 3 and 7).
 
-Plug-in functions: a model enters as ``predict_eps(x_t, i) -> eps_hat`` (x_t shaped like the data, i an
-int index of a :class:`~easyhard.diffusion.DDPMSchedule`), so any network can be measured.
+Plug-in functions: a model enters as any :class:`~easyhard.diffusion.Denoiser` (read in eps space at
+``NoiseLevel.at_index(schedule, i)``, i an int index of a :class:`~easyhard.diffusion.DDPMSchedule`), or as a
+plain callable ``predict_eps(x_t, i) -> eps_hat`` (x_t shaped like the data), so any network can be measured.
 
 - Train-minus-test loss gap per level: Delta(i) = L_test(i) - L_train(i), with the eps-loss of
   :func:`easyhard.metrics.eps_loss_per_level` and the noise fixed per (point, level) across checkpoints.
@@ -15,7 +16,7 @@ int index of a :class:`~easyhard.diffusion.DDPMSchedule`), so any network can be
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,10 +24,9 @@ from torch import Tensor
 
 from easyhard._validate import ConfigError, check_int_at_least, check_nonnegative
 from easyhard.diffusion.ddpm import DDPMSchedule
-from easyhard.metrics.images import eps_loss_per_level, fixed_noise
+from easyhard.diffusion.denoiser import NoiseLevel, as_denoiser, predict_eps as _eps
+from easyhard.metrics.images import EpsPredictor, eps_loss_per_level, fixed_noise
 from easyhard.oracles.empirical import empirical_denoiser
-
-EpsPredictor = Callable[[Tensor, int], Tensor]
 
 
 def loss_gap_per_level(predict_eps: EpsPredictor, train: Tensor, test: Tensor, schedule: DDPMSchedule,
@@ -52,11 +52,13 @@ def empirical_distance_per_level(predict_eps: EpsPredictor, train: Tensor, x0: T
     train_flat = train.reshape(len(train), -1).to(torch.float64)
     if flat.shape[1] != train_flat.shape[1]:
         raise ConfigError(f"x0 and train must have the same dimension (got {flat.shape[1]} and {train_flat.shape[1]})")
+    denoiser = as_denoiser(predict_eps)
     out = []
     for i in indices:
-        a, s = schedule.coefficients(int(i))
+        level = NoiseLevel.at_index(schedule, int(i))
+        a, s = level.a, level.s
         x_t = a * flat + s * fixed_noise(*flat.shape, int(i), seed)
-        eps_hat = predict_eps(x_t.to(x0.dtype).reshape(x0.shape), int(i)).reshape(flat.shape).to(torch.float64)
+        eps_hat = _eps(denoiser, x_t.to(x0.dtype).reshape(x0.shape), level).reshape(flat.shape).to(torch.float64)
         model_x0 = (x_t - s * eps_hat) / a
         emp = empirical_denoiser(x_t, train_flat, a, s)
         out.append(float(((model_x0 - emp) ** 2).sum() / (emp**2).sum().clamp_min(1e-300)))

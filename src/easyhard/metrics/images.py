@@ -2,8 +2,9 @@
 
 All functions take batches (n, ...) that are flattened to (n, d) and evaluated in float64.
 
-- Gaussian MMSE per noise level (docs/theory/images.md section 2.2) and eps-losses of any predictor with noise fixed per
-  (sample, index) (common random numbers, docs/theory/images.md section 1), distance to the Wiener denoiser (docs/theory/images.md section 4).
+- Gaussian MMSE per noise level (docs/theory/images.md section 2.2) and eps-losses of any denoiser
+  (:class:`~easyhard.diffusion.Denoiser`) with noise fixed per (sample, index) (common random numbers,
+  docs/theory/images.md section 1), distance to the Wiener denoiser (docs/theory/images.md section 4).
 - Generated-sample statistics against reference moments (docs/theory/images.md section 5): mean, covariance and per-mode
   variance errors.
 - Higher-order statistics along a fixed ICA filter bank (docs/theory/images.md sections 2.3, 9): sparsity ratio
@@ -24,11 +25,13 @@ from torch import Tensor
 
 from easyhard._validate import ConfigError, check_int_at_least
 from easyhard.diffusion.ddpm import DDPMSchedule
+from easyhard.diffusion.denoiser import Denoiser, NoiseLevel, as_denoiser, predict_eps
 
 #: E|z| / sqrt(E z^2) = sqrt(2 / pi) for a Gaussian z.
 GAUSSIAN_SPARSITY = math.sqrt(2 / math.pi)
 
-EpsPredictor = Callable[[Tensor, int], Tensor]
+#: a :class:`~easyhard.diffusion.Denoiser`, or a plain callable ``f(x_t, i) -> eps_hat`` at an int step index
+EpsPredictor = Denoiser | Callable[[Tensor, int], Tensor]
 
 
 def _flat(name: str, x: Tensor, min_n: int = 1) -> Tensor:
@@ -94,8 +97,9 @@ def _noisy_batches(x0: Tensor, schedule: DDPMSchedule, index: int, seed: int, ba
         yield x_t.to(x0.dtype).reshape(-1, *x0.shape[1:]), x_t, e
 
 
-def _predict(predict_eps: EpsPredictor, x_t: Tensor, i: int) -> Tensor:
-    out = predict_eps(x_t, i)
+def _predict(denoiser: Denoiser, x_t: Tensor, schedule: DDPMSchedule, i: int) -> Tensor:
+    """eps_hat (B, d) float64 of ``denoiser`` at step i."""
+    out = predict_eps(denoiser, x_t, NoiseLevel.at_index(schedule, i))
     if not isinstance(out, Tensor) or out.numel() != x_t.numel():
         raise ConfigError(f"predict_eps must return a tensor with as many elements as x_t {tuple(x_t.shape)}")
     return out.reshape(x_t.shape[0], -1).to(device=x_t.device, dtype=torch.float64)
@@ -113,16 +117,18 @@ def eps_loss_per_level(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSche
                        seed: int = 0, batch_size: int = 4096) -> Tensor:
     """Mean eps-MSE per pixel, L(i) = E_mu (1/d) ||eps_hat(x_i, i) - eps||^2, for each i in ``indices``.
 
-    predict_eps(x_t, i): x_t (B, ...) shaped and typed like x0, i an int -> eps_hat with B * d elements.
+    predict_eps: a Denoiser (read in eps space at ``NoiseLevel.at_index(schedule, i)``) or a callable
+    f(x_t, i) -> eps_hat; x_t (B, ...) shaped and typed like x0, eps_hat with B * d elements.
     x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps with eps = :func:`fixed_noise` (n, d, i, seed).
     Returns float64 (len(indices),).
     """
     check_int_at_least("batch_size", batch_size, 1)
+    denoiser = as_denoiser(predict_eps)
     out = []
     for i in _check_indices(indices):
         total, count = 0.0, 0
         for x_model, _, eps in _noisy_batches(x0, schedule, i, seed, batch_size):
-            total += float(((_predict(predict_eps, x_model, i) - eps) ** 2).sum())
+            total += float(((_predict(denoiser, x_model, schedule, i) - eps) ** 2).sum())
             count += eps.numel()
         out.append(total / count)
     return torch.tensor(out, dtype=torch.float64)
@@ -133,16 +139,18 @@ def wiener_distance(predict_eps: EpsPredictor, wiener_eps: EpsPredictor, x0: Ten
                     indices: Sequence[int], seed: int = 0, batch_size: int = 4096) -> Tensor:
     """delta_W(i) = E||eps_hat - eps_hat_G||^2 / E||eps - eps_hat_G||^2 per level (docs/theory/images.md section 4), float64 (len(indices),).
 
-    Both predictors see the same fixed noise (:func:`fixed_noise`). For Gaussian data and the exact
-    Wiener predictor delta_W = 0; for the Bayes denoiser delta_W = 1 - L*/L_G (Pythagoras).
+    Both predictors (Denoisers or callables f(x_t, i) -> eps_hat, e.g. ``wiener_eps`` =
+    ``CoefficientDenoiser(WienerDenoiser(...))``) see the same fixed noise (:func:`fixed_noise`). For Gaussian
+    data and the exact Wiener predictor delta_W = 0; for the Bayes denoiser delta_W = 1 - L*/L_G (Pythagoras).
     """
     check_int_at_least("batch_size", batch_size, 1)
+    denoiser, wiener = as_denoiser(predict_eps), as_denoiser(wiener_eps)
     out = []
     for i in _check_indices(indices):
         num, den = 0.0, 0.0
         for x_model, _, eps in _noisy_batches(x0, schedule, i, seed, batch_size):
-            gauss = _predict(wiener_eps, x_model, i)
-            num += float(((_predict(predict_eps, x_model, i) - gauss) ** 2).sum())
+            gauss = _predict(wiener, x_model, schedule, i)
+            num += float(((_predict(denoiser, x_model, schedule, i) - gauss) ** 2).sum())
             den += float(((eps - gauss) ** 2).sum())
         out.append(num / den)
     return torch.tensor(out, dtype=torch.float64)

@@ -205,6 +205,8 @@ class Committee:
 
         D = c_t x_t + K^-omega sigma(h) @ A with h = x_t @ w^T (E, B, K) and A = a_out w (tied) or o (untied).
         t: float or tensor broadcastable to (E, B) (per sample; (E, 1) for one time per member).
+        As an ensemble :class:`~easyhard.diffusion.Denoiser` (x0-prediction at the level's OU time):
+        ``OUTimeDenoiser(functools.partial(committee.denoise, params), ensemble=True)``.
         """
         return self._forward(params, x_t, t)[0]
 

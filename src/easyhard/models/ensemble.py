@@ -10,7 +10,8 @@ Gaussian skip connection or preconditioning: with one, every member starts close
 denoiser, and the similarity of models trained on disjoint data would be trivially high.
 
 The weights of all members are stacked on a leading axis, W_l of shape (E, fan_in, fan_out), so one
-batched matrix product evaluates every member on its own inputs: ``forward(x_t (E, B, d), i)``. Members
+batched matrix product evaluates every member on its own inputs: ``forward(x_t (E, B, d), i)``, or
+``forward(x_t, level)`` as an ensemble :class:`~easyhard.diffusion.Denoiser` (prediction "eps"). Members
 are independent: the loss of the ensemble is the sum of the members' losses, so each member's gradient,
 and its Adam update (element-wise), is exactly what it would be if trained alone.
 """
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule
+from easyhard.diffusion.denoiser import NoiseLevel, as_step
 from easyhard.models.mlp import ACTIVATIONS, sinusoidal_embedding
 
 _ACT = {"silu": torch.nn.functional.silu, "relu": torch.relu, "gelu": torch.nn.functional.gelu, "tanh": torch.tanh}
@@ -61,7 +63,11 @@ class EnsembleMLP(nn.Module):
 
     Weights W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and biases likewise (PyTorch's default scheme), drawn
     from ``generator`` member after member, so member e of two ensembles built from the same seed agree.
+    An ensemble Denoiser: ``model(x_t, level)`` at a step level (``NoiseLevel.at_index``).
     """
+
+    prediction = "eps"
+    ensemble = True
 
     def __init__(self, config: EnsembleConfig, generator: torch.Generator) -> None:
         super().__init__()
@@ -100,9 +106,11 @@ class EnsembleMLP(nn.Module):
         emb = emb.reshape(*i.shape, c.time_dim)
         return b + (emb @ w_time if emb.ndim == 3 else emb.expand(c.members, *emb.shape[-2:]) @ w_time)
 
-    def forward(self, x_t: Tensor, i: int | Tensor, schedule: DDPMSchedule | None = None) -> Tensor:
-        """eps_hat (E, B, d) for x_t (E, B, d) and index i (int, (B,) or (E, B)); ``schedule`` is unused (the
-        network sees the raw index), accepted for the denoiser contract ``model(x_t, i, schedule)``."""
+    def forward(self, x_t: Tensor, i: int | Tensor | NoiseLevel, schedule: DDPMSchedule | None = None) -> Tensor:
+        """eps_hat (E, B, d) for x_t (E, B, d) and index i (int, (B,) or (E, B)) or a step level; ``schedule`` is
+        unused (the network sees the raw index), accepted for the denoiser contract ``model(x_t, i, schedule)``."""
+        if isinstance(i, NoiseLevel):
+            i, _ = as_step(i, schedule)
         c = self.config
         if x_t.ndim != 3 or x_t.shape[0] != c.members or x_t.shape[2] != c.d:
             raise ConfigError(f"x_t must have shape (E, B, d) = ({c.members}, B, {c.d}) (got {tuple(x_t.shape)})")

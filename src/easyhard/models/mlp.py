@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule, Index
+from easyhard.diffusion.denoiser import NoiseLevel, as_step, predict_x0
 from easyhard.diffusion.parametrization import convert
 
 ACTIVATIONS = ("silu", "relu", "gelu", "tanh")
@@ -116,6 +117,9 @@ def _index_and_abar(x: Tensor, i: Index, schedule: DDPMSchedule) -> tuple[Tensor
 class MLPDenoiser(nn.Module):
     """Fully connected denoiser; see the module docstring for the architecture and formulas.
 
+    A :class:`~easyhard.diffusion.Denoiser`: ``model(x_t, level)`` at a step level
+    (``NoiseLevel.at_index``), predicting ``config.prediction``; ``model(x_t, i, schedule)`` is the same call.
+
     Parameters are initialised from ``generator`` (PyTorch's default scheme,
     W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))) without touching the global RNG, so equal seeds
     give equal networks.
@@ -158,11 +162,18 @@ class MLPDenoiser(nn.Module):
                               f"C*H*W = {self.config.d} (got shape {tuple(x_t.shape)})")
         return x_t.reshape(x_t.shape[0], -1)
 
-    def forward(self, x_t: Tensor, i: Index, schedule: DDPMSchedule) -> Tensor:
+    @property
+    def prediction(self) -> str:
+        """Output space of :meth:`forward`: ``config.prediction`` ("eps" or "x0")."""
+        return self.config.prediction
+
+    def forward(self, x_t: Tensor, i: Index | NoiseLevel, schedule: DDPMSchedule | None = None) -> Tensor:
         """Prediction in ``config.prediction`` space for x_t of shape (B, d) or (B, C, H, W).
 
-        i: int or LongTensor (B,) in the schedule's index base. Output has x_t's shape.
+        i: int or LongTensor (B,) in the schedule's index base, or a NoiseLevel at a step of a schedule
+        (then ``schedule`` may be omitted). Output has x_t's shape.
         """
+        i, schedule = as_step(i, schedule)
         x = self._flatten(x_t)
         index, abar = _index_and_abar(x, i, schedule)
         a = torch.sqrt(abar).to(x.dtype)
@@ -179,10 +190,4 @@ class MLPDenoiser(nn.Module):
 
     def predict_x0(self, x_t: Tensor, i: Index, schedule: DDPMSchedule) -> Tensor:
         """x0 estimate x0_hat = (x_t - s eps_hat) / a (or the x0 output itself); shape of x_t."""
-        pred = self(x_t, i, schedule)
-        if self.config.prediction == "x0":
-            return pred
-        x = self._flatten(x_t)
-        _, abar = _index_and_abar(x, i, schedule)
-        a, s = torch.sqrt(abar).to(x.dtype), torch.sqrt(1 - abar).to(x.dtype)
-        return convert(self._flatten(pred), self.config.prediction, "x0", x, a, s).reshape(x_t.shape)
+        return predict_x0(self, x_t, NoiseLevel.at_index(schedule, i))

@@ -3,11 +3,13 @@
 The network itself is diffusers' implementation (Ho et al. 2020 architecture: residual blocks with
 GroupNorm, sinusoidal time embedding, self-attention at the listed resolutions); this module only
 maps a validated :class:`UNetConfig` onto it and wraps it in the package's denoiser contract
+(:class:`~easyhard.diffusion.Denoiser`, prediction "eps")
 
-    forward(x_t, i, schedule) -> eps_hat,    x_t: (B, C, H, W),    i: int or LongTensor (B,),
+    forward(x_t, level) = forward(x_t, i, schedule) -> eps_hat,    x_t: (B, C, H, W),    i: int or LongTensor (B,),
 
-i.e. eps-prediction for x_t = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps. diffusers is an optional
-dependency (the "unet" extra) and is imported only when a U-Net is built.
+i.e. eps-prediction for x_t = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps at the step level
+``NoiseLevel.at_index(schedule, i)``. diffusers is an optional dependency (the "unet" extra) and is
+imported only when a U-Net is built.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 from easyhard._validate import ConfigError, check_int_at_least
 from easyhard.diffusion.ddpm import DDPMSchedule, Index
+from easyhard.diffusion.denoiser import NoiseLevel, as_step
 
 MISSING_EXTRA = "the U-Net needs the 'unet' extra: pip install 'easyhard[unet]'"
 
@@ -105,17 +108,21 @@ def n_parameters(module: nn.Module) -> int:
 
 
 class UNetDenoiser(nn.Module):
-    """Wraps a diffusers ``UNet2DModel`` as ``forward(x_t, i, schedule) -> eps_hat`` (shape of x_t).
+    """Wraps a diffusers ``UNet2DModel`` as ``forward(x_t, level) -> eps_hat`` (shape of x_t), a Denoiser;
+    ``forward(x_t, i, schedule)`` is the same call.
 
     The time input of the U-Net is the DDPM index i in the schedule's index base.
     """
+
+    prediction = "eps"
 
     def __init__(self, unet: nn.Module, config: UNetConfig) -> None:
         super().__init__()
         self.unet = unet
         self.config = config
 
-    def forward(self, x_t: Tensor, i: Index, schedule: DDPMSchedule) -> Tensor:
+    def forward(self, x_t: Tensor, i: Index | NoiseLevel, schedule: DDPMSchedule | None = None) -> Tensor:
+        i, schedule = as_step(i, schedule)
         c = self.config
         if x_t.shape[1:] != (c.channels, c.image_size, c.image_size):
             raise ConfigError(f"x_t must have shape (B, {c.channels}, {c.image_size}, {c.image_size}) "

@@ -62,6 +62,8 @@ class MCMBayesDenoiser:
     """Exact posterior mean E[x0 | x_t] for a :class:`MixedCumulantModel` at OU time t.
 
     ``n_lambda`` sets the lambda quadrature of coupled latents (ignored when independent).
+    As a :class:`~easyhard.diffusion.Denoiser` (x0-prediction at the level's OU time, a float):
+    ``OUTimeDenoiser(MCMBayesDenoiser(model))``.
     """
 
     def __init__(self, model: MixedCumulantModel, n_lambda: int = 120):

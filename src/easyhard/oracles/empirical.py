@@ -12,6 +12,9 @@ one matrix product per block. The softmax is streamed over chunks of the trainin
 maximum, running normaliser and running weighted sum, rescaled whenever the maximum grows), so
 memory is O(query_chunk * chunk_size) rather than O(B * n); training chunks are moved to the
 queries' device and dtype one at a time, so ``train`` may stay on the CPU.
+
+:class:`EmpiricalDenoiser` is D_emp of a fixed training set as a :class:`~easyhard.diffusion.Denoiser`
+(prediction "x0"), e.g. ``sample(EmpiricalDenoiser(train), schedule, shape)`` reproduces training points.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 from easyhard._validate import ConfigError, check_int_at_least
+from easyhard.diffusion.denoiser import NoiseLevel
 from easyhard.diffusion.ou import Coefficient, check_positive_coefficient, per_sample
 from easyhard.diffusion.parametrization import x0_to_score
 
@@ -94,3 +98,21 @@ def empirical_score(x_t: Tensor, train: Tensor, a: Coefficient, s: Coefficient,
     """Score of the noised empirical measure: (a D_emp(x_t) - x_t) / s^2, shaped like x_t."""
     denoised = empirical_denoiser(x_t, train, a, s, chunk_size, query_chunk)
     return x0_to_score(denoised, x_t, a, s)
+
+
+class EmpiricalDenoiser:
+    """D_emp of the training set ``train`` (n, ...) as a Denoiser: ``(x_t, level) -> x0_hat`` =
+    :func:`empirical_denoiser` (x_t, train, level.a, level.s) for x_t (B, ...) with train's trailing shape."""
+
+    prediction = "x0"
+    ensemble = False
+
+    def __init__(self, train: Tensor, chunk_size: int = 4096, query_chunk: int = 1024) -> None:
+        if train.ndim < 1 or train.shape[0] < 1 or not train.is_floating_point():
+            raise ConfigError(f"train must be a floating tensor of shape (n, ...) with n >= 1 (got {tuple(train.shape)})")
+        self.train = train
+        self.chunk_size = check_int_at_least("chunk_size", chunk_size, 1)
+        self.query_chunk = check_int_at_least("query_chunk", query_chunk, 1)
+
+    def __call__(self, x_t: Tensor, level: NoiseLevel) -> Tensor:
+        return empirical_denoiser(x_t, self.train, level.a, level.s, self.chunk_size, self.query_chunk)

@@ -52,7 +52,8 @@ class WienerDenoiser:
     filter well conditioned for rank-deficient empirical covariances; ``ridge_factor=0``
     disables it]. All formulas use these ridged eigenvalues lambda_k (:attr:`eigenvalues`).
     The stored statistics stay on the device of ``mean``; inputs are moved as needed and outputs
-    of :meth:`__call__` follow ``x_t``'s dtype and device.
+    of :meth:`__call__` follow ``x_t``'s dtype and device. As a :class:`~easyhard.diffusion.Denoiser`
+    (x0-prediction, inputs (B, ...) flattened): ``CoefficientDenoiser(wiener)``.
     """
 
     def __init__(self, mean: Tensor, cov: Tensor, ridge_factor: float = 1e-6) -> None:
