@@ -91,15 +91,13 @@ def test_reproduce_theory_writes_report(tmp_path, capsys):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_reproduce_quick_writes_theory_and_staircase(tmp_path, capsys, monkeypatch):
+def test_reproduce_quick_writes_theory_and_staircase(tmp_path, capsys):
     """The README's main job, shrunk: all parts land in one folder with figures embedded in the report."""
     from easyhard.experiments import scaling
 
-    real_profile = scaling.profile
-    monkeypatch.setattr(scaling, "profile", lambda name, device="cpu": real_profile("smoke", device))
     out_dir = tmp_path / "out"
-    code, out, _ = _run(capsys, "reproduce", "--quick", "--out", str(out_dir), "--dims", "16,24", "--seeds", "3",
-                        "--steps-per-d", "6")
+    code, out, _ = _run(capsys, "reproduce", "--profile", "smoke", "--out", str(out_dir), "--dims", "16,24",
+                        "--seeds", "3", "--steps-per-d", "6")
     assert code == 0
     files = {p.name for p in out_dir.iterdir()}
     assert {"report.md", "results.json", "run.json", "loss_curves.png", "staircase_overlaps.png",
@@ -113,13 +111,13 @@ def test_reproduce_quick_writes_theory_and_staircase(tmp_path, capsys, monkeypat
     report = (out_dir / "report.md").read_text()
     assert "![" in report and "staircase_overlaps.png" in report and "| setting |" in report
     run = json.loads((out_dir / "run.json").read_text())
-    assert run["config"]["staircase"]["dims"] == [16, 24]
+    assert run["config"]["configs"]["staircase"]["dims"] == [16, 24] and run["config"]["profile"] == "smoke"
     assert not [p for p in out_dir.iterdir() if p.name.endswith(".tmp")]
     sc = results["scaling"]
     assert set(sc["parts"]) == {"u", "v_sign", "v_indep"} and "all_pass" in sc["acceptance"]
     assert {"scaling_laws.png", "scaling_collapse.png", "scaling_phase.png"} <= files
     assert "kappa (95% CI)" in out and "## Sample-complexity laws" in report
-    assert len(list((out_dir / "cells").glob("*.json"))) == len(scaling.profile("quick").all_cells())
+    assert len(list((out_dir / "cells").glob("*.json"))) == len(scaling.profile("smoke").all_cells())
 
 
 def test_reproduce_rejects_bad_dims(capsys, tmp_path):

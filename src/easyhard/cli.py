@@ -227,7 +227,7 @@ def _run_job(experiments: dict, configs: dict, out_dir: str, cells, profile: str
         if experiment.summary is not None:
             click.echo("\n".join(experiment.summary(results[name])))
     jobs = [(name, configs[name]) for name in experiments]
-    paths = write_outputs(out_dir, results, {"argv": ["easyhard", *sys.argv[1:]], **run_command(jobs, profile)})
+    paths = write_outputs(out_dir, results, {**run_command(jobs, profile), "argv": ["easyhard", *sys.argv[1:]]})
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - start:.1f} s")
 
 

@@ -27,6 +27,7 @@ import torch
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion import DDPMSchedule
+from easyhard.experiments.registry import Experiment, Option, RunContext
 
 ARMS = ("real", "clone")
 DATA = ("patches", "cifar10", "folder")
@@ -305,3 +306,63 @@ def emergence(ref: Reference, runs: list[dict]) -> dict:
             row |= {"beta": None, "interval": None, "note": str(err)}
         out[str(r["seed"])] = row
     return out
+
+
+# ============================================================================================ experiment
+#: field values of the profiles over the :class:`ImagesConfig` defaults (``quick``: the embedded patches on
+#: the CPU; ``full``: CIFAR-10 from ``data_dir`` with a U-Net on one GPU; ``smoke``: seconds, every code path)
+PROFILES: dict[str, dict] = {
+    "smoke": {"n_train": 2000, "n_test": 500, "n_eval": 64, "n_gen": 256, "steps": 40, "first": 10, "per_decade": 4,
+              "batch_size": 64, "width": 32, "depth": 2, "ica_components": 8, "sampler_steps": 4,
+              "eval_indices": (10, 300), "seeds": (0,), "workers": 1},
+    "quick": {},
+    "full": {"data": "cifar10", "model": "unet", "batch_size": 128, "lr": 2e-4, "steps": 200_000, "warmup": 5000,
+             "n_train": 50_000, "n_test": 10_000, "seeds": (0, 1, 2), "device": "auto"},
+}
+
+
+def _run(config: ImagesConfig, ctx: RunContext | None = None) -> dict:
+    """:func:`run_images` in ``ctx.out_dir`` (progress: one unit per trained arm)."""
+    ctx = ctx or RunContext()
+    return run_images(config, ctx.out_dir, lambda label: ctx.progress(1, label))
+
+
+def report_images(results: dict, out: Path) -> tuple[list[str], str]:
+    """The loss-ratio, sample-error and Wiener-distance figures and the Markdown section."""
+    from easyhard.report.images import plot_delta_w, plot_loss_ratio, plot_sample_errors, render_images
+
+    ratio = plot_loss_ratio(results, out / "images_loss_ratio.png")
+    errors = plot_sample_errors(results, out / "images_sample_errors.png")
+    dist = plot_delta_w(results, out / "images_delta_w.png")
+    figures = {"test loss over the Gaussian MMSE, real vs clone": ratio.name,
+               "covariance and higher-order errors of generated samples": errors.name,
+               "distance to the Wiener denoiser": dist.name}
+    return list(figures.values()), render_images(results, figures)
+
+
+def summarize_images(results: dict) -> list[str]:
+    """Pass/fail of each check per seed."""
+    lines = [f"seed {seed}: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in row["pass"].items())
+             for seed, row in results["checks"]["seeds"].items()]
+    return lines + [f"image checks pass: {results['checks']['all_pass']}"]
+
+
+def _seed_count(text: str) -> tuple[int, ...]:
+    """``--seeds N``: the seeds 0, ..., N - 1."""
+    try:
+        return tuple(range(check_int_at_least("--seeds", int(text), 1)))
+    except ValueError:
+        raise ConfigError(f"--seeds must be an integer >= 1 (got {text!r})") from None
+
+
+IMAGES = Experiment(
+    "images", ImagesConfig, _run, "simplicity bias on natural images: a real arm against its Gaussian clone",
+    profiles={name: PROFILES[name].copy for name in PROFILES}, report=report_images,
+    options=(Option("--data", "data", "patches, cifar10 or folder"),
+             Option("--data-dir", "data_dir", "CIFAR-10 Python batches, or a folder of PNG/JPEG images"),
+             Option("--compile", "compile", "torch.compile the model (CUDA)", is_flag=True),
+             Option("--steps", "steps", "training steps per arm"),
+             Option("--seeds", "seeds", "number of seeds (each trains a real and a clone arm)", _seed_count),
+             Option("--workers", "workers", "arms trained in parallel processes"),
+             Option("--device", "device", "cpu, cuda or auto")),
+    summary=summarize_images, total=lambda config: 2 * len(config.seeds))

@@ -46,15 +46,16 @@ def write_outputs(out_dir: str | Path, results: dict[str, dict], command: dict) 
     out = Path(out_dir)
     env = environment_info()
     saved = {**results, "environment": env}
-    paths = {"run": atomic_write_json(out / RUN_FILE, {"command": command, **env}),
+    paths = {"run": atomic_write_json(out / RUN_FILE, {"config": command, **env}),
              "results": atomic_write_json(out / RESULTS_FILE, saved)}
     paths.update(write_report(out, json.loads(paths["results"].read_text())))
     return paths
 
 
 def run_command(jobs: Sequence[tuple[str, Any]], profile: str | None) -> dict:
-    """What run.json records of a reproduction: experiment names, profile and each full config."""
-    return {"experiments": [name for name, _ in jobs], "profile": profile,
+    """What run.json records of a reproduction: the command, experiment names, profile and each full config."""
+    return {"command": " ".join(["reproduce", *(name for name, _ in jobs)]) if len(jobs) == 1 else "reproduce",
+            "experiments": [name for name, _ in jobs], "profile": profile,
             "configs": {name: config_to_dict(config) for name, config in jobs}}
 
 
