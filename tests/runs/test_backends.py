@@ -78,7 +78,7 @@ class Config:
     fail: bool = False
     crash: int = 0
 
-def run(config):
+def run(config, ctx=None):
     if config.crash == 1:
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies
     if config.fail:

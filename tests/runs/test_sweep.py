@@ -62,7 +62,7 @@ class ToyConfig:
             raise ConfigError(f"y must be > 0 (got {self.y})")
 
 
-def run(config):
+def run(config, ctx=None):
     if config.log:
         with open(config.log, "a") as fh:
             fh.write(f"{config.x}\\n")
@@ -237,8 +237,9 @@ def test_bad_sweep_files(tmp_path, text, needle):
 
 
 def test_registry_lists_names_and_imports_lazily():
-    assert {"exponents", "recovery"} <= set(EXPERIMENTS)
-    with pytest.raises(ConfigError, match="experiment must be one of exponents, recovery"):
+    assert {"theory", "staircase", "scaling", "images", "memorization", "diagnose", "exponents",
+            "recovery"} == set(EXPERIMENTS)
+    with pytest.raises(ConfigError, match="experiment must be one of theory, staircase, .*, exponents, recovery"):
         get_experiment("nope")
     with pytest.raises(ConfigError, match="could not be imported"):
         get_experiment("easyhard.no_such_module:THING")
