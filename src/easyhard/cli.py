@@ -11,49 +11,60 @@ import time
 
 import click
 
-from easyhard._validate import ConfigError, check_nonnegative, check_positive
-from easyhard.data import COUPLINGS, LATENT_LAWS, MixedCumulantModel, make_latent_law
-from easyhard.oracles import ACTIVATIONS, make_activation
+from easyhard._validate import ConfigError
+from easyhard.experiments._text import fmt_num, text_table
 from easyhard.runs.cells import CellsFailed
+from easyhard.theory.problem import MCMSettings, NeuronSettings
 from easyhard.train.online import DivergenceError
 
-_LAW_HELP = ", ".join(LATENT_LAWS) + " (two_point and bernoulli_gauss take --nu-param p, or NAME:p)"
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _model_options(func):
-    """Options that define the mixed cumulant model and the time t."""
-    options = [
-        click.option("--nu", default="rademacher", show_default=True, help=f"latent law: {_LAW_HELP}"),
-        click.option("--nu-param", type=float, default=None, help="parameter p of two_point / bernoulli_gauss"),
-        click.option("--beta-u", type=float, default=5.0, show_default=True, help="covariance spike strength (>= 0)"),
-        click.option("--beta-v", type=float, default=5.0, show_default=True, help="cumulant spike strength (>= 0)"),
-        click.option("--coupling", default="independent", show_default=True, help=f"one of {', '.join(COUPLINGS)}"),
-        click.option("--q", "coupling_q", type=float, default=1.0, show_default=True,
-                     help="sign coupling: probability that nu = sign(lambda)"),
-        click.option("--t", "t", type=float, default=0.5, show_default=True, help="OU time t (> 0)"),
-        click.option("--json", "as_json", is_flag=True, help="print one JSON object"),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def _settings_options(cls, only: tuple[str, ...] | None = None):
+    """Click options generated from a settings dataclass: ``--beta-u`` for the field beta_u, with the field's
+    type, default and ``metadata["help"]`` (``only``: a subset of the fields, in declaration order)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+
+    def decorate(func):
+        for f in reversed([f for f in dataclasses.fields(cls) if only is None or f.name in only]):
+            scalar = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+            func = click.option(_flag(f.name), f.name, type=scalar[0], default=f.default,
+                                show_default=f.default is not None, help=f.metadata.get("help"))(func)
+        return func
+
+    return decorate
 
 
-def _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t) -> MixedCumulantModel:
-    check_nonnegative("--beta-u", beta_u)
-    check_nonnegative("--beta-v", beta_v)
-    check_positive("--t", t)
-    law = make_latent_law(nu, nu_param)
-    return MixedCumulantModel.create(d=3, beta_u=beta_u, beta_v=beta_v, nu=law, coupling=coupling, q=coupling_q)
+def _settings(cls, values: dict):
+    """``cls`` from the command-line values of its fields; an error names the option (``--beta-u``)."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    try:
+        return cls(**{name: values.pop(name) for name in names if name in values})
+    except ConfigError as err:
+        message = str(err)
+        for name in names:
+            if message.startswith(name + " "):
+                message = _flag(name) + message[len(name):]
+        raise ConfigError(message) from None
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+_model_options = _settings_options(MCMSettings)
+_time_option = _settings_options(NeuronSettings, ("t",))
+_neuron_options = _settings_options(NeuronSettings, ("activation", "a_out", "skip"))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return text_table(header, rows)
 
 
-def _num(x, spec=".4g") -> str:
-    return "-" if x is None else format(x, spec)
+_num = fmt_num
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,19 +75,18 @@ def cli():
 
 @cli.command()
 @_model_options
-@click.option("--activation", default="tanh", show_default=True, help=f"one of {', '.join(ACTIVATIONS)}")
-@click.option("--a-out", type=float, default=1.0, show_default=True, help="fixed output scale a_t (nonzero)")
-@click.option("--skip", type=float, default=None, help="skip coefficient c_t [default: e^-t]")
+@_time_option
+@_neuron_options
 @click.option("--k-max", type=int, default=8, show_default=True, help="highest Hermite order considered")
 @click.option("--alpha-u-learned", type=float, default=0.5, show_default=True,
               help="alpha_u at which the conditional exponent of v is cross-checked (coupled latents)")
-def exponents(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json, activation, a_out, skip, k_max,
-              alpha_u_learned):
+@_json_option
+def exponents(k_max, alpha_u_learned, as_json, **problem):
     """Diffusion information exponent of u and v for a single-neuron denoiser."""
-    from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients
+    from easyhard.theory import diffusion_exponents, hermite_coefficients
 
-    model = _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t)
-    neuron = SingleNeuron(make_activation(activation, model.law, beta_v, t), t, skip, a_out)
+    mcm, settings = _settings(MCMSettings, problem), _settings(NeuronSettings, problem)
+    model, neuron = mcm.model(), settings.neuron(mcm)
     result = diffusion_exponents(model, neuron, k_max, alpha_u_learned)
     f = hermite_coefficients(neuron, k_max).tolist()
     if as_json:
@@ -92,12 +102,14 @@ def exponents(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json, ac
 
 @cli.command("oracle-mse")
 @_model_options
-def oracle_mse(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json):
+@_time_option
+@_json_option
+def oracle_mse(as_json, **problem):
     """Per-direction MSE of the Bayes-optimal and the Wiener denoiser (quadrature)."""
     from easyhard.oracles import per_direction_mse
 
-    model = _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t)
-    result = per_direction_mse(model, t)
+    mcm, t = _settings(MCMSettings, problem), _settings(NeuronSettings, problem).t
+    result = per_direction_mse(mcm.model(), t)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -107,9 +119,9 @@ def oracle_mse(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json):
 
 @cli.command()
 @_model_options
-@click.option("--activation", default="tanh", show_default=True, help=f"one of {', '.join(ACTIVATIONS)}")
-@click.option("--a-out", type=float, default=1.0, show_default=True, help="fixed output scale a_t (nonzero)")
-@click.option("--skip", type=float, default=None, help="skip coefficient c_t [default: e^-t]")
+@_time_option
+@_neuron_options
+@_json_option
 @click.option("--direction", default="v", show_default=True, help="u or v (the escape SDE needs order k >= 3)")
 @click.option("--zeta", type=float, default=None, help="escape parameter zeta = k|c_k|/(eps G^2) [default: 0.3]")
 @click.option("--eps", type=float, default=None, help="step constant eps of eta = eps/d^(k/2) (instead of --zeta)")
@@ -117,15 +129,13 @@ def oracle_mse(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json):
               help="comma-separated dimensions d (>= 8) for the predicted step and median")
 @click.option("--k-max", type=int, default=8, show_default=True, help="highest Hermite order considered")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="weak-recovery threshold |alpha|")
-def calibrate(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t, as_json, activation, a_out, skip, direction,
-              zeta, eps, dims, k_max, threshold):
+def calibrate(as_json, direction, zeta, eps, dims, k_max, threshold, **problem):
     """Step size eta = eps/d^(k/2) and predicted median samples n_med ~ d^(k-1) for online SGD."""
     from easyhard._validate import check_int_at_least
-    from easyhard.theory import SingleNeuron
     from easyhard.theory import calibrate as calibrate_step
 
-    model = _build_model(nu, nu_param, beta_u, beta_v, coupling, coupling_q, t)
-    neuron = SingleNeuron(make_activation(activation, model.law, beta_v, t), t, skip, a_out)
+    mcm, settings = _settings(MCMSettings, problem), _settings(NeuronSettings, problem)
+    model, neuron = mcm.model(), settings.neuron(mcm)
     if zeta is not None and eps is not None:
         raise ConfigError("--zeta and --eps are mutually exclusive (zeta = k |c_k| / (eps G^2))")
     dims = [check_int_at_least("--dims", d, 8) for d in _parse_dims(dims)]

@@ -61,7 +61,7 @@ def test_oracle_levels_order_and_bayes_value():
 def test_population_table_matches_quadrature():
     cfg = StaircaseConfig()
     th = CouplingTheory.of(cfg, "sign")
-    model, neuron = cfg.model(100, "sign"), cfg.neuron()
+    model, neuron = cfg.model(100, "sign"), cfg.single_neuron()
     rng = np.random.default_rng(0)
     r, ang = rng.uniform(0, 1, 20), rng.uniform(0, 2 * math.pi, 20)
     au, av = r * np.cos(ang), r * np.sin(ang)

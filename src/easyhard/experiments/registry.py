@@ -193,7 +193,7 @@ def get_experiment(name: str) -> Experiment:
 
 
 def config_fields(experiment) -> tuple[str, ...]:
-    """Names of the experiment's config fields, in declaration order."""
+    """Names of the experiment's config fields, in declaration order (groups of settings by their group name)."""
     return tuple(f.name for f in dataclasses.fields(experiment.config_cls) if f.init)
 
 
@@ -261,6 +261,27 @@ def _hints(cls: type) -> dict[str, Any]:
         return {}
 
 
+def _nested(hints: Mapping[str, Any]) -> dict[str, type]:
+    """The fields of a config that are groups of settings (nested dataclasses), by name."""
+    return {name: hint for name, hint in hints.items() if isinstance(hint, type) and dataclasses.is_dataclass(hint)}
+
+
+def _qualify(cls: type, key: str, hints: Mapping[str, Any] | None = None) -> str:
+    """``key`` itself, or "group.key" when ``key`` is not a field of ``cls`` but a field of exactly one of its
+    groups of settings (so ``beta_v`` names ``mcm.beta_v``)."""
+    hints = _hints(cls) if hints is None else hints
+    head = key.partition(".")[0]
+    if head in hints:
+        return key
+    owners = [name for name, sub in _nested(hints).items() if head in {f.name for f in dataclasses.fields(sub)}]
+    return f"{owners[0]}.{key}" if len(owners) == 1 else key
+
+
+def qualified_field(experiment, key: str) -> str:
+    """The dotted name that ``key`` sets in the experiment's config (``beta_v`` -> ``mcm.beta_v``)."""
+    return _qualify(experiment.config_cls, key)
+
+
 def _apply(cls: type, base: Any, values: Mapping[str, Any], prefix: str, exp_name: str) -> Any:
     """A config of ``cls`` from ``base`` (None: defaults) with ``values`` set, dotted names into nested dataclasses."""
     fields_ = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -268,13 +289,14 @@ def _apply(cls: type, base: Any, values: Mapping[str, Any], prefix: str, exp_nam
     direct: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
+        key = _qualify(cls, key, hints)
         head, dot, rest = key.partition(".")
         full = prefix + head
         if head not in fields_:
             raise ConfigError(f"unknown field {prefix + key!r} for experiment {exp_name!r} "
                               f"(allowed: {', '.join(prefix + f for f in fields_)})")
         hint = hints.get(head)
-        sub_cls = hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+        sub_cls = _nested(hints).get(head)
         if dot:
             if sub_cls is None:
                 raise ConfigError(f"field {full!r} has no sub-fields (got {prefix + key!r})")

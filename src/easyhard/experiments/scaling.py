@@ -34,15 +34,18 @@ from easyhard._validate import (
     check_positive,
     check_unit_interval,
 )
+from easyhard.data import MixedCumulantModel
 from easyhard.experiments._text import text_table
-from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.metrics import bootstrap_scaling, km_median, km_quantile
 from easyhard.models import Committee
-from easyhard.oracles import ACTIVATIONS, make_activation
+from easyhard.theory import MCMSettings, NeuronSettings
 from easyhard.train import ENGINES, OnlineSGDConfig, run_online_sgd
 
 DIRECTIONS = ("u", "v")
+#: setting S1 of docs/theory/calibration.md: Bernoulli(0.1)-Gaussian nu, beta_u = 0, beta_v = 20; tanh, t = 0.1, a = -1
+S1_MCM = MCMSettings(nu="bernoulli_gauss", nu_param=0.1, beta_u=0.0, beta_v=20.0)
+S1_NEURON = NeuronSettings(activation="tanh", t=0.1, a_out=-1.0)
 _SPIKE = {"u": 0, "v": 1}
 
 
@@ -57,15 +60,8 @@ class RecoveryConfig:
 
     d: int = 64
     direction: str = "v"
-    activation: str = "tanh"
-    a_out: float = -1.0
-    t: float = 0.1
-    nu: str = "bernoulli_gauss"
-    nu_param: float | None = 0.1
-    beta_u: float = 0.0
-    beta_v: float = 20.0
-    coupling: str = "independent"
-    q: float = 1.0
+    mcm: MCMSettings = S1_MCM
+    neuron: NeuronSettings = S1_NEURON
     delta: float = 12.53
     p: float = 2.0
     budget: float = 0.1
@@ -82,18 +78,14 @@ class RecoveryConfig:
     def __post_init__(self):
         check_int_at_least("d", self.d, 8)
         check_choice("direction", self.direction, DIRECTIONS)
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_choice("coupling", self.coupling, COUPLINGS)
         check_choice("engine", self.engine, ENGINES)
-        for name in ("beta_u", "beta_v", "p", "budget_power", "persistence"):
+        for name in ("p", "budget_power", "persistence"):
             check_nonnegative(name, getattr(self, name))
-        for name in ("t", "delta", "budget"):
+        for name in ("delta", "budget"):
             check_positive(name, getattr(self, name))
         check_unit_interval("threshold", self.threshold)
         check_int_at_least("seeds", self.seeds, 2)
         check_int_at_least("base_seed", self.base_seed, 0)
-        if self.a_out == 0:
-            raise ConfigError("a_out must be nonzero")
         if self.steps < 1:
             raise ConfigError(f"budget * d^budget_power must give at least one step (got {self.steps})")
 
@@ -102,15 +94,14 @@ class RecoveryConfig:
         return int(math.ceil(self.budget * self.d**self.budget_power))
 
     def data(self) -> MixedCumulantModel:
-        return MixedCumulantModel.create(d=self.d, beta_u=self.beta_u, beta_v=self.beta_v,
-                                         nu=make_latent_law(self.nu, self.nu_param), coupling=self.coupling, q=self.q)
+        return self.mcm.model(self.d)
 
     def net(self) -> Committee:
-        data = self.data()
-        return Committee(self.d, 1, make_activation(self.activation, data.law, self.beta_v, self.t), a_out=self.a_out)
+        neuron = self.neuron
+        return Committee(self.d, 1, neuron.activation_for(self.mcm), a_out=neuron.a_out, skip=neuron.skip)
 
     def sgd(self) -> OnlineSGDConfig:
-        return OnlineSGDConfig(steps=self.steps, delta=self.delta, p=self.p, t=self.t, thresholds=(self.threshold,),
+        return OnlineSGDConfig(steps=self.steps, delta=self.delta, p=self.p, t=self.neuron.t, thresholds=(self.threshold,),
                                persistence=self.persistence, engine=self.engine, device=self.device, dtype=self.dtype,
                                n_logs=self.n_logs)
 
@@ -151,11 +142,9 @@ RECOVERY = Experiment("recovery", RecoveryConfig, run_recovery,
 # ---------------------------------------------------------------------------------------------
 
 #: setting S1 of docs/theory/calibration.md as cell fields (the RecoveryConfig defaults)
-S1 = {"activation": "tanh", "a_out": -1.0, "t": 0.1, "nu": "bernoulli_gauss", "nu_param": 0.1, "beta_u": 0.0,
-      "beta_v": 20.0, "coupling": "independent"}
+S1 = {"mcm": S1_MCM, "neuron": S1_NEURON}
 #: the paper's canonical setting: tanh, Rademacher nu, beta_u = beta_v = 5 (t = 0.3 as in docs/theory/calibration.md)
-CANONICAL = {"activation": "tanh", "a_out": 1.0, "t": 0.3, "nu": "rademacher", "nu_param": None, "beta_u": 5.0,
-             "beta_v": 5.0, "coupling": "independent"}
+CANONICAL = {"mcm": MCMSettings(), "neuron": NeuronSettings(t=0.3)}
 
 
 @dataclass(frozen=True)
@@ -215,20 +204,18 @@ class ScalingConfig:
 @functools.lru_cache(maxsize=32)
 def s1_calibration(zeta: float = 0.3):
     """Population-loss calibration of setting S1 (c_4, G^2, eps, T*, n_med), :func:`easyhard.theory.calibrate`."""
-    from easyhard.theory import SingleNeuron, calibrate
+    from easyhard.theory import calibrate
 
-    cell = RecoveryConfig(**S1)
-    data = replace(cell, d=8).data()
-    neuron = SingleNeuron(make_activation(cell.activation, data.law, cell.beta_v, cell.t), cell.t, None, cell.a_out)
-    return calibrate(data, neuron, "v", zeta=zeta)
+    return calibrate(S1_MCM.model(8), S1_NEURON.neuron(S1_MCM), "v", zeta=zeta)
 
 
 def _parts(dims_fast, dims_indep, seeds_fast, seeds_indep, indep_engine, budget_factor, device, dtype):
     """The three laws of the acceptance criteria (the S1 step and budget come from the calibration)."""
     cal = s1_calibration()
-    u = RecoveryConfig(**CANONICAL | {"t": 0.5}, direction="u", delta=0.5, p=1.0, budget=40.0, budget_power=1.0,
+    u = RecoveryConfig(**CANONICAL | {"neuron": NeuronSettings(t=0.5)}, direction="u", delta=0.5, p=1.0, budget=40.0, budget_power=1.0,
                        seeds=seeds_fast, engine="auto", device=device, dtype=dtype)
-    v_sign = RecoveryConfig(**S1 | {"nu": "rademacher", "nu_param": None, "beta_u": 5.0, "coupling": "sign"},
+    v_sign = RecoveryConfig(**S1 | {"mcm": replace(S1_MCM, nu="rademacher", nu_param=None, beta_u=5.0,
+                                                   coupling="sign")},
                             direction="v", delta=0.3, p=1.0, budget=100.0, budget_power=1.0, seeds=seeds_fast,
                             engine="auto", device=device, dtype=dtype)
     v_indep = RecoveryConfig(**S1, direction="v", delta=cal.eps, p=2.0, budget=budget_factor * cal.n_med_coefficient,

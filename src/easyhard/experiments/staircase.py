@@ -24,8 +24,8 @@ from easyhard.experiments._text import fmt_num, text_table
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.metrics import aligned_fraction, sustained_recovery
 from easyhard.models import Committee
-from easyhard.oracles import make_activation, per_direction_mse
-from easyhard.theory import SingleNeuron, circle_minimiser, constant_term, overlap_loss
+from easyhard.oracles import per_direction_mse
+from easyhard.theory import MCMSettings, NeuronSettings, SingleNeuron, circle_minimiser, constant_term, overlap_loss
 from easyhard.train import OnlineSGDConfig, run_online_sgd
 
 COUPLINGS = ("independent", "sign")
@@ -38,10 +38,8 @@ class StaircaseConfig:
     dims: tuple[int, ...] = (64, 128)
     seeds: int = 16
     couplings: tuple[str, ...] = COUPLINGS
-    activation: str = "tanh"
-    beta_u: float = 5.0
-    beta_v: float = 5.0
-    t: float = 0.5
+    mcm: MCMSettings = MCMSettings()
+    neuron: NeuronSettings = NeuronSettings()
     delta: float = 0.5
     steps_per_d: int = 40
     threshold: float = 0.5
@@ -60,19 +58,20 @@ class StaircaseConfig:
         check_int_at_least("seeds", self.seeds, 1)
         for c in self.couplings:
             check_choice("coupling", c, COUPLINGS)
-        for name in ("beta_u", "beta_v", "t", "delta", "v_window_per_d"):
+        for name in ("delta", "v_window_per_d"):
             check_positive(name, getattr(self, name))
         check_int_at_least("steps_per_d", self.steps_per_d, 1)
         check_device("device", self.device)
 
     def model(self, d: int, coupling: str) -> MixedCumulantModel:
-        return MixedCumulantModel.create(d=d, beta_u=self.beta_u, beta_v=self.beta_v, coupling=coupling)
+        """The model in dimension d with latents coupled by ``coupling`` (each cell's, not ``mcm.coupling``)."""
+        return replace(self.mcm, coupling=coupling).model(d)
 
-    def neuron(self) -> SingleNeuron:
-        return SingleNeuron(make_activation(self.activation, beta_v=self.beta_v, t=self.t), self.t)
+    def single_neuron(self) -> SingleNeuron:
+        return self.neuron.neuron(self.mcm)
 
     def sgd(self, d: int) -> OnlineSGDConfig:
-        return OnlineSGDConfig(steps=self.steps_per_d * d, delta=self.delta, p=1.0, t=self.t,
+        return OnlineSGDConfig(steps=self.steps_per_d * d, delta=self.delta, p=1.0, t=self.neuron.t,
                                thresholds=tuple(sorted({self.v_threshold, self.threshold})), engine=self.engine,
                                device=self.device, dtype=self.dtype)
 
@@ -118,16 +117,16 @@ class CouplingTheory:
     @classmethod
     def of(cls, config: StaircaseConfig, coupling: str) -> CouplingTheory:
         """The theory of ``coupling`` under ``config`` (cached: it depends only on the model and the neuron)."""
-        return _coupling_theory(config.activation, config.beta_u, config.beta_v, config.t, coupling)
+        return _coupling_theory(config.mcm, config.neuron, coupling)
 
     @classmethod
     def compute(cls, config: StaircaseConfig, coupling: str) -> CouplingTheory:
-        model, neuron = config.model(8, coupling), config.neuron()
+        model, neuron = config.model(8, coupling), config.single_neuron()
         radii = np.linspace(0.0, 1.0, 21)
         angles = np.linspace(0.0, 2 * math.pi, 73)
         rr, aa = np.meshgrid(radii, angles, indexing="ij")
         table = overlap_loss(model, neuron, torch.from_numpy(rr * np.cos(aa)), torch.from_numpy(rr * np.sin(aa)))
-        return cls(per_direction_mse(model, config.t),
+        return cls(per_direction_mse(model, config.neuron.t),
                    circle_minimiser(model, neuron) if coupling != "independent" else None,
                    radii, angles, table.numpy())
 
@@ -143,9 +142,8 @@ class CouplingTheory:
 
 
 @functools.lru_cache(maxsize=16)
-def _coupling_theory(activation: str, beta_u: float, beta_v: float, t: float, coupling: str) -> CouplingTheory:
-    config = StaircaseConfig(activation=activation, beta_u=beta_u, beta_v=beta_v, t=t)
-    return CouplingTheory.compute(config, coupling)
+def _coupling_theory(mcm: MCMSettings, neuron: NeuronSettings, coupling: str) -> CouplingTheory:
+    return CouplingTheory.compute(StaircaseConfig(mcm=mcm, neuron=neuron), coupling)
 
 
 def _span_direction(alpha: np.ndarray) -> np.ndarray:
@@ -165,8 +163,8 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, theory: CouplingThe
     """One (coupling, d) cell: ``config.seeds`` runs, reduced to the curves and numbers of the report."""
     theory = theory if theory is not None else CouplingTheory.of(config, coupling)
     model = config.model(d, coupling)
-    neuron = config.neuron()
-    net = Committee(d=d, K=1, activation=neuron.activation)
+    neuron = config.single_neuron()
+    net = Committee(d=d, K=1, activation=neuron.activation, a_out=neuron.a_out, skip=neuron.skip)
     seeds = [config.base_seed * 1_000_003 + 7919 * d + 104_729 * COUPLINGS.index(coupling) + i
              for i in range(config.seeds)]
     res = run_online_sgd(net, model, config.sgd(d), seeds, progress)
@@ -176,7 +174,7 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, theory: CouplingThe
     hit_v = res.hits(config.v_threshold)[:, 0, 1]
     steps = res.log_steps
     theory_loss = theory.population_loss(model, neuron, alpha[..., 0], alpha[..., 1])
-    levels = oracle_levels(model, config.t, theory.per_direction)
+    levels = oracle_levels(model, config.neuron.t, theory.per_direction)
     final_dir = _span_direction(alpha[-1])
     out = {
         "d": d, "coupling": coupling, "seeds": seeds, "steps": int(steps[-1]), "eta": float(res.etas[0]),

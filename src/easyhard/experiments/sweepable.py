@@ -7,54 +7,27 @@ experiment). It is pure quadrature (no sampling), so a run takes milliseconds to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_nonnegative, check_positive
-from easyhard.data import COUPLINGS, MixedCumulantModel, make_latent_law
+from easyhard._validate import ConfigError, check_int_at_least
 from easyhard.experiments.registry import Experiment, RunContext
-from easyhard.oracles import ACTIVATIONS, make_activation
-from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients
+from easyhard.theory import MCMSettings, NeuronSettings, diffusion_exponents, hermite_coefficients
 
 
 @dataclass(frozen=True)
 class ExponentsConfig:
-    """One exponent computation: the model (d = 3 suffices: the loss depends on the overlaps only), the
-    neuron and the highest Hermite order ``k_max``. Defaults are the CLI's (``easyhard exponents``)."""
+    """One exponent computation: the model (``mcm``; d = 3 suffices: the loss depends on the overlaps only),
+    the neuron and the highest Hermite order ``k_max``. Defaults are the CLI's (``easyhard exponents``)."""
 
-    activation: str = "tanh"
-    nu: str = "rademacher"
-    nu_param: float | None = None
-    beta_u: float = 5.0
-    beta_v: float = 5.0
-    coupling: str = "independent"
-    q: float = 1.0
-    t: float = 0.5
-    a_out: float = 1.0
+    mcm: MCMSettings = field(default_factory=MCMSettings)
+    neuron: NeuronSettings = field(default_factory=NeuronSettings)
     k_max: int = 8
-    skip: float | None = None
     alpha_u_learned: float = 0.5
 
     def __post_init__(self):
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_choice("coupling", self.coupling, COUPLINGS)
-        check_nonnegative("beta_u", self.beta_u)
-        check_nonnegative("beta_v", self.beta_v)
-        check_positive("t", self.t)
         check_int_at_least("k_max", self.k_max, 2)
         if not 0 < self.alpha_u_learned < 1:
             raise ConfigError(f"alpha_u_learned must lie in (0, 1) (got {self.alpha_u_learned:g})")
-        self.neuron(self.model())  # the law, the coupling and the neuron run their own checks
-
-    def model(self) -> MixedCumulantModel:
-        """The mixed cumulant model at d = 3."""
-        law = make_latent_law(self.nu, self.nu_param)
-        return MixedCumulantModel.create(d=3, beta_u=self.beta_u, beta_v=self.beta_v, nu=law,
-                                         coupling=self.coupling, q=self.q)
-
-    def neuron(self, model: MixedCumulantModel) -> SingleNeuron:
-        """The single-neuron denoiser (``matched`` uses the model's latent law)."""
-        return SingleNeuron(make_activation(self.activation, model.law, self.beta_v, self.t), self.t, self.skip,
-                            self.a_out)
 
 
 def run_exponents(config: ExponentsConfig, ctx: RunContext | None = None) -> dict:
@@ -66,8 +39,8 @@ def run_exponents(config: ExponentsConfig, ctx: RunContext | None = None) -> dic
     alpha_u at which v's exponent is conditional (coupled latents) or None. ``hermite_f`` (the list of
     Hermite coefficients f_k(t)) stays in metrics.json only.
     """
-    model = config.model()
-    neuron = config.neuron(model)
+    model = config.mcm.model()
+    neuron = config.neuron.neuron(config.mcm)
     result = diffusion_exponents(model, neuron, config.k_max, config.alpha_u_learned)
     metrics: dict = {}
     for key, e in result.items():

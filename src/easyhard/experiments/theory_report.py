@@ -13,54 +13,60 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from easyhard.data import MixedCumulantModel
 from easyhard.experiments._text import fmt_num, text_table
 from easyhard.experiments.registry import Experiment, RunContext
-from easyhard.data import MixedCumulantModel, make_latent_law
-from easyhard.oracles import make_activation, per_direction_mse
-from easyhard.theory import SingleNeuron, diffusion_exponents, hermite_coefficients, overlap_loss
+from easyhard.oracles import per_direction_mse
+from easyhard.theory import (
+    MCMSettings,
+    NeuronSettings,
+    SingleNeuron,
+    diffusion_exponents,
+    hermite_coefficients,
+    overlap_loss,
+)
+from easyhard.theory.problem import problem_from
 from easyhard.theory.exponent import SLOPE_GRID
 
 
 @dataclass(frozen=True)
 class TheorySetting:
-    """One row of the exponent table; ``expected`` holds the exponents predicted in docs/theory/mcm.md section 6.2 (None = no dependence)."""
+    """One row of the exponent table: a model and a neuron; ``expected_*`` hold the exponents the theory
+    predicts (None = no dependence). :meth:`of` takes the settings' fields by their flat names."""
 
     name: str
-    activation: str = "tanh"
-    nu: str = "rademacher"
-    nu_param: float | None = None
-    coupling: str = "independent"
-    beta_u: float = 5.0
-    beta_v: float = 5.0
-    t: float = 0.5
-    a_out: float = 1.0
+    mcm: MCMSettings = MCMSettings()
+    neuron_settings: NeuronSettings = NeuronSettings()
     expected_u: int | None = 2
     expected_v: int | None = 4
 
+    @classmethod
+    def of(cls, name: str, expected_u: int | None = 2, expected_v: int | None = 4, **fields) -> TheorySetting:
+        mcm, neuron = problem_from(**fields)
+        return cls(name, mcm, neuron, expected_u, expected_v)
+
     def model(self) -> MixedCumulantModel:
-        law = make_latent_law(self.nu, self.nu_param)
-        return MixedCumulantModel.create(d=3, beta_u=self.beta_u, beta_v=self.beta_v, nu=law, coupling=self.coupling)
+        return self.mcm.model()
 
     def neuron(self) -> SingleNeuron:
-        law = make_latent_law(self.nu, self.nu_param)
-        return SingleNeuron(make_activation(self.activation, law, self.beta_v, self.t), self.t, a_out=self.a_out)
+        return self.neuron_settings.neuron(self.mcm)
 
 
 #: canonical settings (docs/theory/mcm.md sections 6.2-6.6 and docs/theory/calibration.md S1)
 CANONICAL_SETTINGS: tuple[TheorySetting, ...] = (
-    TheorySetting("canonical: tanh, Rademacher, independent"),
-    TheorySetting("canonical at t = 0.3", t=0.3),
-    TheorySetting("erf, Rademacher", activation="erf"),
-    TheorySetting("sign coupling (staircase)", coupling="sign", expected_v=1),
-    TheorySetting("second-order-invisible coupling, tanh", coupling="invisible"),
-    TheorySetting("second-order-invisible coupling, relu", activation="relu", coupling="invisible", expected_v=1),
-    TheorySetting("relu blind spot", activation="relu", expected_v=None),
-    TheorySetting("linear blind spot", activation="linear", expected_v=None),
-    TheorySetting("relu, skewed two-point nu", activation="relu", nu="two_point", nu_param=0.1, expected_v=3),
-    TheorySetting("tanh, skewed two-point nu (odd: blind to skew)", nu="two_point", nu_param=0.1, expected_v=4),
-    TheorySetting("matched activation, v only", activation="matched", beta_u=0.0, beta_v=10.0, t=0.2,
+    TheorySetting.of("canonical: tanh, Rademacher, independent"),
+    TheorySetting.of("canonical at t = 0.3", t=0.3),
+    TheorySetting.of("erf, Rademacher", activation="erf"),
+    TheorySetting.of("sign coupling (staircase)", coupling="sign", expected_v=1),
+    TheorySetting.of("second-order-invisible coupling, tanh", coupling="invisible"),
+    TheorySetting.of("second-order-invisible coupling, relu", activation="relu", coupling="invisible", expected_v=1),
+    TheorySetting.of("relu blind spot", activation="relu", expected_v=None),
+    TheorySetting.of("linear blind spot", activation="linear", expected_v=None),
+    TheorySetting.of("relu, skewed two-point nu", activation="relu", nu="two_point", nu_param=0.1, expected_v=3),
+    TheorySetting.of("tanh, skewed two-point nu (odd: blind to skew)", nu="two_point", nu_param=0.1, expected_v=4),
+    TheorySetting.of("matched activation, v only", activation="matched", beta_u=0.0, beta_v=10.0, t=0.2,
                   expected_u=None),
-    TheorySetting("S1: tanh a=-1, Bernoulli-Gauss(0.1)", nu="bernoulli_gauss", nu_param=0.1, beta_u=0.0,
+    TheorySetting.of("S1: tanh a=-1, Bernoulli-Gauss(0.1)", nu="bernoulli_gauss", nu_param=0.1, beta_u=0.0,
                   beta_v=20.0, t=0.1, a_out=-1.0, expected_u=None),
 )
 
@@ -111,7 +117,7 @@ def run_theory_report(settings: tuple[TheorySetting, ...] = CANONICAL_SETTINGS,
         if progress:
             progress(f"oracle MSE: {setting.name}")
         model = setting.model()
-        mse.append({"setting": setting.name, "coupling": setting.coupling,
+        mse.append({"setting": setting.name, "coupling": setting.mcm.coupling,
                     "rows": [{"t": t, **per_direction_mse(model, t)} for t in MSE_TIMES]})
     return {"exponents": rows, "oracle_mse": mse,
             "all_match": all(d["matches"] for r in rows for d in r["directions"].values())}

@@ -88,7 +88,8 @@ def staircase_table(cells: list[dict]) -> str:
 def render_staircase(results: dict, figures: dict[str, str]) -> str:
     cfg = results["config"]
     parts = ["## Staircase: online SGD of the single neuron, independent vs sign-coupled latents", "",
-             f"{cfg['activation']} neuron, t = {cfg['t']}, beta_u = {cfg['beta_u']}, beta_v = {cfg['beta_v']}, "
+             f"{cfg['neuron']['activation']} neuron, t = {cfg['neuron']['t']}, beta_u = {cfg['mcm']['beta_u']}, "
+             f"beta_v = {cfg['mcm']['beta_v']}, "
              f"eta = {cfg['delta']}/d, {cfg['steps_per_d']} d steps, {cfg['seeds']} seeds per cell. "
              "n_hit(u) is the first step with abs(alpha_u) >= "
              f"{cfg['threshold']} (sustained at >= 80% of later records); 'v within window' is the fraction of "

@@ -29,6 +29,7 @@ status.json only, so tables from different backends compare equal.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import io
@@ -48,6 +49,7 @@ from easyhard.experiments.registry import (
     config_to_dict,
     get_experiment,
     make_config,
+    qualified_field,
     resolve_target,
 )
 from easyhard.runs.backends import Backend, RunResult, Task, make_backend
@@ -227,7 +229,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
     experiment = get_experiment(spec.experiment)
     allowed = config_fields(experiment)
     for name in (*spec.base, *spec.grid):
-        if name.split(".")[0] not in allowed:
+        if qualified_field(experiment, name).split(".")[0] not in allowed:
             raise ConfigError(f"unknown field {name!r} for experiment {spec.experiment!r} "
                               f"(allowed: {', '.join(allowed)})")
     names = list(spec.grid)
@@ -242,7 +244,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
         if rid in seen:
             raise ConfigError(f"grid repeats a config: {context} is the same run as {seen[rid]}")
         seen[rid] = context
-        runs.append(RunSpec(index, rid, spec.experiment, config, config_dict, {k: _lookup(config_dict, k) for k in names}))
+        runs.append(RunSpec(index, rid, spec.experiment, config, config_dict, {k: _lookup(config_dict, qualified_field(experiment, k)) for k in names}))
     return runs
 
 
@@ -316,6 +318,21 @@ def _tidy(values: list[Any]) -> list[Any]:
     return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
 
 
+def _flat_config(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict with its groups of settings flattened: a sub-field keeps its own name where it is unique
+    in the config (``beta_u``), else it is named ``group.field``."""
+    leaves = [(group, key) for group, value in config_dict.items() if isinstance(value, dict) for key in value]
+    counts = collections.Counter([key for _, key in leaves] + [k for k, v in config_dict.items()
+                                                                if not isinstance(v, dict)])
+    out: dict[str, Any] = {}
+    for name, value in config_dict.items():
+        if isinstance(value, dict):
+            out |= {(key if counts[key] == 1 else f"{name}.{key}"): v for key, v in value.items()}
+        else:
+            out[name] = value
+    return out
+
+
 def results_table(runs: Sequence[RunSpec], metrics: Mapping[str, Mapping[str, Any]]):
     """The results table (a pandas DataFrame) of the runs that have metrics, in the order of ``runs``.
 
@@ -325,7 +342,9 @@ def results_table(runs: Sequence[RunSpec], metrics: Mapping[str, Mapping[str, An
     import pandas as pd
 
     swept = list(runs[0].swept) if runs else []
-    config_cols = list(runs[0].config_dict) if runs else []
+    flat = [_flat_config(run.config_dict) for run in runs]
+    config_cols = list(flat[0]) if runs else []
+    flat_by_id = {run.run_id: f for run, f in zip(runs, flat)}
     metric_cols: dict[str, None] = {}
     rows = []
     for run in runs:
@@ -337,7 +356,7 @@ def results_table(runs: Sequence[RunSpec], metrics: Mapping[str, Mapping[str, An
         rows.append((run, scalars))
     columns: dict[str, list] = {"run_id": [run.run_id for run, _ in rows]}
     columns |= {name: [run.swept[name] for run, _ in rows] for name in swept}
-    columns |= {f"config.{name}": [run.config_dict.get(name) for run, _ in rows] for name in config_cols}
+    columns |= {f"config.{name}": [flat_by_id[run.run_id].get(name) for run, _ in rows] for name in config_cols}
     columns |= {f"metrics.{name}": [m.get(name) for _, m in rows] for name in metric_cols}
     return pd.DataFrame({name: _tidy(values) for name, values in columns.items()})
 
