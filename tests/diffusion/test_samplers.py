@@ -12,15 +12,6 @@ from easyhard.oracles.wiener import WienerDenoiser
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small (B, 16) matmuls are dominated by thread overhead on shared CPUs: run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def gaussian():
     """N(mu, Sigma) with d = 16, a random rotation and eigenvalues log-spaced in [1e-3, 1]
