@@ -6,32 +6,27 @@ with replacement), fresh indices i ~ U{0..T-1} and eps ~ N(0, I) per example, an
 
     L = sum_e mean_{b, k} (eps_hat_e(x_i, i) - eps)^2,    x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps,
 
-with Adam. Since the members share no parameters, the sum decouples: each member follows exactly the
-trajectory it would follow alone. All randomness comes from one ``torch.Generator`` seeded by
-``config.seed``.
-
-Checkpoints are ``checkpoints`` log-spaced steps from ``first`` to ``steps``. At each, the caller's
-``on_checkpoint(step, model)`` runs (measurements) and then the training state (model, optimizer,
-generator, step, config) is written atomically to ``state.pt``; ``resume=True`` continues from it and a
-resumed run equals an uninterrupted one. Non-finite losses stop the run with :class:`DivergenceError`
-(checked at checkpoints only, so there is no per-step host synchronisation).
+with Adam: the loop of :func:`easyhard.train.finite.train_loop` on a model with a leading member axis.
+Since the members share no parameters, the sum decouples: each member follows exactly the trajectory it
+would follow alone. Checkpoints are ``checkpoints`` log-spaced steps from ``first`` to ``steps``; at each
+the caller's ``on_checkpoint(step, model)`` runs (measurements) and then the training state is written to
+``state.pt``, from which ``resume=True`` continues exactly.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion.ddpm import DDPMSchedule
-from easyhard.train.diffusion import STATE_FILE, read_state
-from easyhard.train.divergence import DivergenceError
+
+# STATE_FILE and read_state stay importable from here (callers of the former module)
+from easyhard.train.finite import STATE_FILE, LoopConfig, checkpoint_grid, read_state, train_loop
 
 BATCHES = ("tile", "random")
 
@@ -63,9 +58,13 @@ class EnsembleTrainConfig:
             raise ConfigError(f"first must be below steps = {self.steps} (got {self.first})")
 
     def checkpoint_steps(self) -> list[int]:
-        """round(geomspace(first, steps, checkpoints)), deduplicated and increasing; the last is ``steps``."""
-        grid = np.unique(np.rint(np.geomspace(self.first, self.steps, self.checkpoints)).astype(int))
-        return grid.tolist()
+        """``checkpoints`` log-spaced steps from ``first`` to ``steps`` (:func:`checkpoint_grid`)."""
+        return checkpoint_grid(self.first, self.steps, self.checkpoints)
+
+    def loop(self, device: torch.device) -> LoopConfig:
+        """The loop settings for an ensemble whose splits live on ``device``: Adam, no warm-up, clipping or EMA."""
+        return LoopConfig(identity=self.to_dict(), steps=self.steps, checkpoints=tuple(self.checkpoint_steps()),
+                          lr=self.lr, seed=self.seed, device=str(device), member_axis=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,15 +107,6 @@ class Splits:
         return torch.gather(self.data, 1, idx[..., None].expand(-1, -1, self.data.shape[2]))
 
 
-def ensemble_loss(model: nn.Module, x0: Tensor, schedule: DDPMSchedule, generator: torch.Generator) -> Tensor:
-    """Per-member eps-MSE (E,): mean_{b,k} (model(x_i, i)_e - eps)^2 with i ~ U{0..T-1}, eps ~ N(0, I)
-    drawn per member and example. x0: (E, B, d)."""
-    i = torch.randint(0, schedule.T, x0.shape[:2], generator=generator, device=x0.device) + schedule.index_base
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    a, s = (c.to(x0.dtype)[..., None] for c in schedule.coefficients(i))
-    return ((model(a * x0 + s * eps, i, schedule) - eps) ** 2).mean((1, 2))
-
-
 def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, config: EnsembleTrainConfig,
                    out_dir: str | Path, resume: bool = False,
                    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
@@ -127,43 +117,7 @@ def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, con
     continues from ``out_dir/state.pt`` (ConfigError if missing, unreadable or from another config);
     without it an existing state is an error, so nothing is overwritten.
     """
-    from easyhard._io import save_tensors
-
-    out = Path(out_dir)
-    state_path = out / STATE_FILE
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    gen = torch.Generator(splits.data.device).manual_seed(config.seed)
-    step, losses = 0, []
-    state = read_state(state_path, config.to_dict(), resume)
-    if state is not None:
-        tensors, meta = state
-        model.load_state_dict(tensors["model"])
-        opt.load_state_dict(tensors["optimizer"])
-        gen.set_state(tensors["generator"])
-        step, losses = int(meta["step"]), list(meta["losses"])
-    checkpoints = [c for c in config.checkpoint_steps() if c > step]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=splits.data.device)
-    since = 0
-    for target in checkpoints:
-        while step < target:
-            loss = ensemble_loss(model, splits.draw(config.batch_size, gen, config.batches), schedule, gen).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            step += 1
-            since += 1
-            if progress is not None:
-                progress(1)
-        mean_loss = float(loss_sum) / (since * len(splits.counts))
-        if not math.isfinite(mean_loss):
-            raise DivergenceError(f"ensemble training diverged (non-finite loss) by step {step}; lower lr")
-        losses.append(mean_loss)
-        loss_sum.zero_()
-        since = 0
-        if on_checkpoint is not None:
-            on_checkpoint(step, model)
-        save_tensors(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "generator": gen.get_state()},
-                     {"step": step, "config": config.to_dict(), "losses": losses})
-    return losses
+    measure = None if on_checkpoint is None else (lambda step, net, _ema: on_checkpoint(step, net))
+    result = train_loop(model, lambda gen: splits.draw(config.batch_size, gen, config.batches), schedule,
+                        config.loop(splits.data.device), out_dir, resume, measure, progress)
+    return result.train_loss

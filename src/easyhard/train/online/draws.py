@@ -61,7 +61,8 @@ class MemberDraws:
             if config.t_range is not None:
                 lo, hi = config.t_range
                 t[e] = (lo + (hi - lo) * torch.rand(length, generator=gen, dtype=torch.float64)).numpy()
-        idx = self._orders(length, config.n_samples) if config.n_samples is not None else np.zeros((E, length), np.int64)
+        finite = config.n_samples is not None
+        idx = self._orders(length, config.n_samples) if finite else np.zeros((E, length), np.int64)
         tt = t if config.t_range is not None else t[:1, :1]  # a fixed t: one (a, s, c, weight), broadcast below
         a = np.exp(-tt)
         s = np.sqrt(-np.expm1(-2 * tt))

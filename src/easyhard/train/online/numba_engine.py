@@ -1,4 +1,4 @@
-"""The ``numba`` engine (CPU): every member advanced by the fused parallel kernel :func:`easyhard.train._kernel.run_steps`.
+"""The ``numba`` engine (CPU): the fused parallel kernel :func:`easyhard.train._kernel.run_steps`.
 
 The kernel draws the Gaussians of member e from its own xoshiro256** stream, so an ensemble run equals
 E separate runs bit for bit. Its state is numpy arrays advanced in place.

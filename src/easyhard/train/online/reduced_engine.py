@@ -92,7 +92,8 @@ class TorchReducedEngine(TensorTracks):
         self.dev = torch.device(self.config.device)
         put = lambda a: torch.as_tensor(a).to(self.dev, torch.float64)  # noqa: E731
         self.alpha = put(_initial_overlaps(setup)).contiguous()
-        self.coef, self.eta, self.thr, self.states = put(setup.coef), put(setup.etas), put(setup.thresholds), setup.states
+        self.coef, self.eta, self.thr = put(setup.coef), put(setup.etas), put(setup.thresholds)
+        self.states = setup.states
         self.loss_acc = torch.zeros(len(setup.etas), dtype=torch.float64, device=self.dev)
         self._init_tracks((len(setup.etas), 1, 3, len(setup.thresholds)))
         self.m_r = float(self.model.d - 4)
