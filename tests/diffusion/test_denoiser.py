@@ -234,7 +234,8 @@ def test_committee_adapter_matches_denoise_on_the_ensemble_axis(t):
     net = Committee(d=5, K=2, second_layer="untied")
     params = net.init(3, _gen(16))
     x = torch.randn(3, 4, 5, generator=_gen(17))
-    value = {"float": 0.7, "sample": torch.tensor([0.1, 0.5, 1.0, 2.0]), "member": torch.rand(3, 1, generator=_gen(18)) + 0.1}[t]
+    value = {"float": 0.7, "sample": torch.tensor([0.1, 0.5, 1.0, 2.0]),
+             "member": torch.rand(3, 1, generator=_gen(18)) + 0.1}[t]
     level = NoiseLevel.at_ou_time(value)
     den = OUTimeDenoiser(partial(net.denoise, params), ensemble=True)
     native = net.denoise(params, x, value)

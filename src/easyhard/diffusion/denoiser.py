@@ -187,7 +187,8 @@ def as_denoiser(denoiser: Denoiser | Callable[[Tensor, Index], Tensor]) -> Denoi
 
 
 class CoefficientDenoiser:
-    """Denoiser from ``fn(x_t (B, d), a, s) -> prediction`` (e.g. ``WienerDenoiser``, ``GaussianMixture.posterior_mean``).
+    """Denoiser from ``fn(x_t (B, d), a, s) -> prediction``, e.g. ``WienerDenoiser`` or
+    ``GaussianMixture.posterior_mean``.
 
     Inputs (B, ...) are flattened to (B, d) and the output is reshaped back, in x_t's dtype and device.
     """

@@ -109,7 +109,8 @@ class EmpiricalDenoiser:
 
     def __init__(self, train: Tensor, chunk_size: int = 4096, query_chunk: int = 1024) -> None:
         if train.ndim < 1 or train.shape[0] < 1 or not train.is_floating_point():
-            raise ConfigError(f"train must be a floating tensor of shape (n, ...) with n >= 1 (got {tuple(train.shape)})")
+            raise ConfigError(f"train must be a floating tensor of shape (n, ...) with n >= 1 "
+                              f"(got {tuple(train.shape)})")
         self.train = train
         self.chunk_size = check_int_at_least("chunk_size", chunk_size, 1)
         self.query_chunk = check_int_at_least("query_chunk", query_chunk, 1)
