@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,13 +11,13 @@ from easyhard.cli import main
 from easyhard.experiments import images as images_experiment
 
 
-def test_reproduce_images_writes_report_and_reference_floors(tmp_path, capsys, monkeypatch):
-    tiny = dataclasses.replace(images_experiment.QUICK, n_train=12_000, n_test=2_000, steps=40, first=10,
-                               per_decade=4, n_eval=256, n_gen=512, sampler_steps=6, ica_components=16,
-                               eval_indices=(10, 50, 300), width=32, depth=2)
-    monkeypatch.setattr(images_experiment, "QUICK", tiny)
+def test_reproduce_images_writes_report_and_reference_floors(tmp_path, capsys):
+    tiny = {"n_train": 12_000, "n_test": 2_000, "steps": 40, "first": 10, "per_decade": 4, "n_eval": 256,
+            "n_gen": 512, "sampler_steps": 6, "ica_components": 16, "eval_indices": "[10, 50, 300]", "width": 32,
+            "depth": 2}
     out = tmp_path / "out"
-    code = main(["reproduce", "images", "--quick", "--out", str(out), "--seeds", "1", "--workers", "1"])
+    sets = [arg for key, value in tiny.items() for arg in ("--set", f"{key}={value}")]
+    code = main(["reproduce", "images", "--quick", "--out", str(out), "--seeds", "1", "--workers", "1", *sets])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     files = {p.name for p in out.iterdir()}

@@ -10,7 +10,9 @@ import pytest
 
 from easyhard._validate import ConfigError
 from easyhard.experiments import scaling
+from easyhard.experiments.registry import RunContext, get_experiment, make_config, run_cells_inline
 from easyhard.experiments.scaling import CANONICAL, S1, Part, RecoveryConfig, ScalingConfig, run_recovery, run_scaling
+from easyhard.theory import NeuronSettings
 from easyhard.metrics import km_median
 
 
@@ -33,11 +35,11 @@ def test_recovery_cell_reports_its_own_runs():
 ])
 def test_recovery_config_errors_name_the_field(kw, match):
     with pytest.raises(ConfigError, match=match):
-        RecoveryConfig(**kw)
+        make_config(get_experiment("recovery"), kw)  # a_out: a field of the neuron settings, by its own name
 
 
 def _tiny() -> ScalingConfig:
-    u = RecoveryConfig(**CANONICAL | {"t": 0.5}, direction="u", delta=0.5, p=1.0, budget=30.0, budget_power=1.0,
+    u = RecoveryConfig(**CANONICAL | {"neuron": NeuronSettings(t=0.5)}, direction="u", delta=0.5, p=1.0, budget=30.0, budget_power=1.0,
                        seeds=12, engine="auto")
     v = RecoveryConfig(**S1, seeds=24, budget=0.15)
     parts = (Part("u", u, (24, 48), 1.0, True), Part("v_indep", v, (24, 32), 3.0, False, sde=True))
@@ -49,17 +51,18 @@ def _tiny() -> ScalingConfig:
 
 def test_run_scaling_reuses_finished_cells(tmp_path, monkeypatch):
     config = _tiny()
-    first = run_scaling(config, tmp_path)
-    assert len(list(tmp_path.glob("*.json"))) == len(config.all_cells())
+    ctx = RunContext(out_dir=tmp_path)
+    first = run_scaling(config, ctx)
+    assert len(list((tmp_path / "cells").glob("*.json"))) == len(config.all_cells())
     calls = []
-    real = scaling.run_recovery
-    monkeypatch.setattr(scaling, "run_recovery", lambda cell, *args: calls.append(cell) or real(cell, *args))
-    again = run_scaling(config, tmp_path)
+    real = scaling.run_online_sgd
+    monkeypatch.setattr(scaling, "run_online_sgd", lambda *args: calls.append(args[3]) or real(*args))
+    again = run_scaling(config, ctx)
     assert calls == []  # every cell came from the cache
     assert json.dumps(again["parts"]) == json.dumps(first["parts"])
     changed = replace(config, canonical=replace(config.canonical, seeds=9))
-    run_scaling(changed, tmp_path)
-    assert [c.seeds for c in calls] == [9]  # only the cell whose config changed ran again
+    run_scaling(changed, ctx)
+    assert [len(seeds) for seeds in calls] == [9]  # only the cell whose config changed ran again
     fit = first["parts"]["v_indep"]
     assert len(fit["sde_median"]) == 2 and all(r > 0 for r in fit["median_over_sde"])
     assert set(first["acceptance"]) >= {"kappa_u", "kappa_v_indep", "canonical_u_learned_v_not", "all_pass"}
@@ -85,7 +88,7 @@ def test_profiles_cover_the_issue_settings(name):
     indep = parts["v_indep_reduced" if name == "full" else "v_indep"]
     assert indep.cell.engine == "reduced" and indep.dims[0] == 32 and indep.dims[-1] >= (1024 if name == "full" else 256)
     assert indep.cell.delta == pytest.approx(12.53, rel=2e-3) and indep.cell.p == 2.0  # calibrated, zeta = 0.3
-    assert parts["v_sign"].cell.coupling == "sign" and parts["u"].cell.direction == "u"
+    assert parts["v_sign"].cell.mcm.coupling == "sign" and parts["u"].cell.direction == "u"
     if name == "full":
         assert parts["v_indep"].dims == (64, 128, 256, 512) and parts["v_indep"].cell.engine != "reduced"
         assert parts["v_indep"].cell.seeds == 256
@@ -115,8 +118,8 @@ def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(scaling, "run_online_sgd", interrupted)
     with pytest.raises(Kill):
-        scaling._run_cell("cell", cell, tmp_path, None)
+        run_cells_inline("recovery", [("cell", cell)], tmp_path)
     assert len(list(tmp_path.glob("cell-*.ckpt"))) == 1
     monkeypatch.setattr(scaling, "run_online_sgd", real)
-    resumed = scaling._run_cell("cell", cell, tmp_path, None)
+    resumed = run_cells_inline("recovery", [("cell", cell)], tmp_path)["cell"]
     assert resumed == whole and not list(tmp_path.glob("*.ckpt"))

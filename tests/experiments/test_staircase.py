@@ -47,14 +47,14 @@ def test_sgd_loss_tracks_population_loss(small_results):
 def test_oracle_levels_order_and_bayes_value():
     cfg = StaircaseConfig()
     model = cfg.model(16, "sign")
-    lv = oracle_levels(model, cfg.t)
+    lv = oracle_levels(model, cfg.neuron.t)
     assert lv["bayes"] < lv["gaussian"]
     # Monte Carlo of the Bayes denoiser's total MSE
     gen = torch.Generator().manual_seed(0)
     x0 = model.sample(20000, gen, torch.float64)
-    a, s = math.exp(-cfg.t), math.sqrt(-math.expm1(-2 * cfg.t))
+    a, s = math.exp(-cfg.neuron.t), math.sqrt(-math.expm1(-2 * cfg.neuron.t))
     xt = a * x0 + s * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-    err = ((x0 - MCMBayesDenoiser(model)(xt, cfg.t)) ** 2).sum(1)
+    err = ((x0 - MCMBayesDenoiser(model)(xt, cfg.neuron.t)) ** 2).sum(1)
     assert abs(err.mean().item() - lv["bayes"]) < 5 * err.std().item() / math.sqrt(len(err))
 
 

@@ -118,14 +118,15 @@ def test_grid_expands_in_file_order_first_field_slowest(tmp_path):
     assert [(r.swept["activation"], r.swept["beta_v"]) for r in runs] == [
         ("tanh", 2.0), ("tanh", 5.0), ("relu", 2.0), ("relu", 5.0), ("erf", 2.0), ("erf", 5.0)]
     assert all(list(r.swept) == ["activation", "beta_v"] for r in runs)
-    assert all(r.config.t == 0.4 and r.config_dict["t"] == 0.4 and r.config_dict["k_max"] == 8 for r in runs)
-    assert isinstance(runs[1].config.beta_v, float)  # the integer 5 of a float field became 5.0
+    assert all(r.config.neuron.t == 0.4 and r.config_dict["neuron"]["t"] == 0.4 and r.config_dict["k_max"] == 8
+               for r in runs)  # a sub-field's own name sets it in its group (t -> neuron.t)
+    assert isinstance(runs[1].config.mcm.beta_v, float)  # the integer 5 of a float field became 5.0
     assert len({r.run_id for r in runs}) == 6
 
 
 def test_empty_grid_is_one_run_of_the_base_config():
     runs = expand(SweepSpec("exponents", {"activation": "relu"}))
-    assert len(runs) == 1 and runs[0].swept == {} and runs[0].config.activation == "relu"
+    assert len(runs) == 1 and runs[0].swept == {} and runs[0].config.neuron.activation == "relu"
 
 
 def test_run_id_is_stable_and_depends_on_every_field():
@@ -193,7 +194,7 @@ def test_unknown_field_names_the_field_and_the_allowed_ones(spec):
     with pytest.raises(ConfigError) as err:
         expand(spec)
     message = str(err.value)
-    assert "'temperature'" in message and "allowed: activation, nu, nu_param, beta_u" in message
+    assert "'temperature'" in message and "allowed: nu, nu_param, beta_u, beta_v, coupling, q, activation, t" in message
     assert "\n" not in message
 
 
@@ -214,8 +215,8 @@ def test_every_config_is_validated_before_running(values, needle):
 def test_make_config_coerces_like_the_documentation_says():
     exp = get_experiment("exponents")
     config = make_config(exp, {"beta_u": 3, "nu": "two_point", "nu_param": 0.2})
-    assert config.beta_u == 3.0 and isinstance(config.beta_u, float) and config.nu_param == 0.2
-    assert make_config(exp, {"nu_param": "none"}).nu_param is None
+    assert config.mcm.beta_u == 3.0 and isinstance(config.mcm.beta_u, float) and config.mcm.nu_param == 0.2
+    assert make_config(exp, {"nu_param": "none"}).mcm.nu_param is None
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -249,7 +250,9 @@ def test_registry_lists_names_and_imports_lazily():
     tree = ast.parse(Path(registry.__file__).read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names} == {"easyhard._validate"}
+    # (and the base-level atomic writer, in the function that saves a finished cell)
+    assert {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names} == {
+        "easyhard._validate", "easyhard._io"}
     assert registry.REGISTRY["recovery"] == "easyhard.experiments.scaling:RECOVERY"
 
 

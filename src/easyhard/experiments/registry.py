@@ -282,6 +282,23 @@ def qualified_field(experiment, key: str) -> str:
     return _qualify(experiment.config_cls, key)
 
 
+def settable_fields(cls: type) -> list[str]:
+    """The names a config of ``cls`` accepts: its fields, with each group of settings spelled out as its
+    sub-fields (by their own name where that is unambiguous, else ``group.field``)."""
+    hints = _hints(cls)
+    groups = _nested(hints)
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in groups:
+            names += [key if _qualify(cls, key, hints) == f"{f.name}.{key}" else f"{f.name}.{key}"
+                      for key in (g.name for g in dataclasses.fields(groups[f.name]))]
+        else:
+            names.append(f.name)
+    return names
+
+
 def _apply(cls: type, base: Any, values: Mapping[str, Any], prefix: str, exp_name: str) -> Any:
     """A config of ``cls`` from ``base`` (None: defaults) with ``values`` set, dotted names into nested dataclasses."""
     fields_ = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -294,7 +311,7 @@ def _apply(cls: type, base: Any, values: Mapping[str, Any], prefix: str, exp_nam
         full = prefix + head
         if head not in fields_:
             raise ConfigError(f"unknown field {prefix + key!r} for experiment {exp_name!r} "
-                              f"(allowed: {', '.join(prefix + f for f in fields_)})")
+                              f"(allowed: {', '.join(prefix + f for f in settable_fields(cls))})")
         hint = hints.get(head)
         sub_cls = _nested(hints).get(head)
         if dot:

@@ -51,6 +51,7 @@ from easyhard.experiments.registry import (
     make_config,
     qualified_field,
     resolve_target,
+    settable_fields,
 )
 from easyhard.runs.backends import Backend, RunResult, Task, make_backend
 from easyhard.runs.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment_info
@@ -231,7 +232,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
     for name in (*spec.base, *spec.grid):
         if qualified_field(experiment, name).split(".")[0] not in allowed:
             raise ConfigError(f"unknown field {name!r} for experiment {spec.experiment!r} "
-                              f"(allowed: {', '.join(allowed)})")
+                              f"(allowed: {', '.join(settable_fields(experiment.config_cls))})")
     names = list(spec.grid)
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
