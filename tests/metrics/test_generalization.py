@@ -10,7 +10,8 @@ from easyhard._validate import ConfigError
 from easyhard.diffusion import DDPMSchedule
 from easyhard.diffusion.parametrization import x0_to_eps
 from easyhard.metrics.generalization import (
-    empirical_distance_per_level, extremum_step, first_crossing, first_near_best, log_slope, loss_gap_per_level)
+    denoiser_distance, empirical_distance_per_level, extremum_step, first_crossing, first_near_best, log_slope,
+    loss_gap_per_level)
 from easyhard.oracles.empirical import empirical_denoiser
 
 SCHEDULE = DDPMSchedule()
@@ -65,3 +66,14 @@ def test_log_slope_recovers_a_power_law_and_ignores_censored_times():
     ns = [16, 32, 64]
     taus = np.array([[3.0 * n**1.3, 3.0 * n**1.3, -1] for n in ns])
     assert log_slope(ns, taus) == pytest.approx(1.3, abs=1e-12)
+
+
+def test_denoiser_distance_closed_form_and_member_axis():
+    """(1 + c) D_ref is at distance c^2; E estimates (E, L, n, d) against a shared reference (L, n, d) give (E, L)."""
+    ref = torch.randn(2, 30, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    scale = torch.tensor([1.0, 0.0, 1.5], dtype=torch.float64)[:, None, None, None]
+    dist = denoiser_distance(scale * ref, ref)
+    assert dist.shape == (3, 2)
+    torch.testing.assert_close(dist, ((scale[:, 0, 0, 0] - 1) ** 2)[:, None].expand(3, 2))
+    with pytest.raises(ConfigError, match="same"):
+        denoiser_distance(ref, ref[:, :3])

@@ -231,3 +231,23 @@ def test_emergence_law_bootstrap_interval_covers_noisy_beta():
     assert fit.n_eligible == 100 and fit.beta == pytest.approx(1.0)
     fit = M.emergence_law(50.0 / lam_wide, lam_wide, n_boot=50)
     assert fit.n_eligible == int((lam_wide > 1e-3).sum())
+
+
+def test_eps_loss_closed_form_member_axis_and_the_per_level_loss():
+    """(eps + c) against eps has loss c^2; E models (E, L, n, d) against shared noise (L, n, d) give (E, L); and
+    eps_loss_per_level of a predictor is eps_loss of its predictions on the fixed noise."""
+    eps = torch.randn(3, 50, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)[:, None, None, None]
+    loss = M.eps_loss(eps + shift, eps)
+    assert loss.shape == (3, 3)
+    torch.testing.assert_close(loss, (shift[:, 0, 0, 0] ** 2)[:, None].expand(3, 3))
+    with pytest.raises(ConfigError, match="same"):
+        M.eps_loss(eps, eps[:, :10])
+    schedule = DDPMSchedule()
+    x0 = torch.randn(40, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    levels = [5, 400]
+    per_level = M.eps_loss_per_level(lambda x, i: 0.5 * x, x0, schedule, levels, seed=3)
+    for j, i in enumerate(levels):
+        a, s = schedule.coefficients(i)
+        noise = M.fixed_noise(40, 4, i, 3)
+        assert float(per_level[j]) == float(M.eps_loss(0.5 * (a * x0 + s * noise), noise))

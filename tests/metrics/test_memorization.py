@@ -1,4 +1,5 @@
-"""Nearest neighbours (chunked = unchunked, exactly) and the memorisation fraction."""
+"""Nearest neighbours (chunked = unchunked = all pairs, exactly), the memorisation fraction, similarities with a
+member axis."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from easyhard._validate import ConfigError
-from easyhard.metrics.memorization import memorization_fraction, nearest_neighbours, standardize
+from easyhard.metrics.memorization import (
+    copies_from_distances, denoiser_similarity, distance_ratio, memorization_fraction, nearest_neighbours,
+    nearest_similarity, paired_similarity, standardize, threshold_label)
 
 
 def _gauss(n, d, seed):
@@ -147,3 +150,56 @@ def test_float32_candidates_with_near_ties_give_the_float64_brute_force(monkeypa
     sims = standardize(samples) @ standardize(train).T
     s, i = nearest_neighbours(samples, train, k=2, metric="cosine", chunk=50)
     np.testing.assert_allclose(s.numpy(), sims.sort(1, descending=True).values[:, :2].numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_small_problems_compare_all_pairs_with_the_blockwise_answer_exactly(dtype, metric):
+    """chunk=None on a small problem takes every pair at once; an explicit chunk forces the blockwise search:
+    the same float64 brute-force answer to the bit, ties to the smaller index."""
+    g = torch.Generator().manual_seed(4)
+    for m, n, d, k in ((1, 2, 1 + (metric == "cosine"), 1), (30, 57, 9, 3), (64, 200, 33, 2)):
+        train = torch.randn((n, d), generator=g, dtype=dtype)
+        train[0] = train[n - 1]
+        samples = torch.randn((m, d), generator=g, dtype=dtype)
+        samples[0] = train[n - 1]
+        ref = nearest_neighbours(samples, train, k=k, metric=metric)
+        for chunk in (n, 5):
+            got = nearest_neighbours(samples, train, k=k, metric=metric, chunk=chunk)
+            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+        assert ref[1][0, 0] == 0  # the tie between rows 0 and n - 1 goes to 0
+
+
+def test_member_axis_gives_each_member_its_own_value():
+    a, b = _gauss(4 * 30, 12, 30).reshape(4, 30, 12), _gauss(4 * 30, 12, 31).reshape(4, 30, 12)
+    b[1] = 2.0 * a[1] + 5.0  # standardisation removes scale and offset: similarity 1
+    paired = paired_similarity(a, b, ensemble=True)
+    assert paired.shape == (4, 30) and torch.allclose(paired[1], torch.ones(30, dtype=torch.float64))
+    for e in range(4):
+        assert torch.equal(paired[e], paired_similarity(a[e], b[e]))
+        assert torch.equal(standardize(a, ensemble=True)[e], standardize(a[e]))
+    outputs = denoiser_similarity(a, b, ensemble=True)
+    assert outputs.shape == (4,)
+    assert outputs.tolist() == [denoiser_similarity(a[e], b[e]) for e in range(4)]
+    with pytest.raises(ConfigError, match="paired samples must have the same shape"):
+        paired_similarity(a, b[:, :5], ensemble=True)
+
+
+def test_copies_and_ratios_of_distances_broadcast_over_leading_axes():
+    dist = torch.tensor([[[1.0, 4.0], [1.0, 2.0], [0.0, 0.0]], [[3.0, 3.0], [0.0, 1.0], [2.0, 5.0]]],
+                        dtype=torch.float64)  # (2, 3, 2)
+    assert distance_ratio(dist).tolist() == [[0.25, 0.5, 0.0], [1.0, 0.0, 0.4]]
+    assert copies_from_distances(dist, 1 / 3).tolist() == [[True, False, True], [False, True, False]]
+    assert torch.equal(copies_from_distances(dist[1], 0.45), torch.tensor([False, True, True]))
+    with pytest.raises(ConfigError, match="distances must have shape"):
+        copies_from_distances(torch.ones(3, 1))
+
+
+def test_nearest_similarity_is_the_best_standardised_cosine():
+    samples, ref = _gauss(25, 10, 40), _gauss(60, 10, 41)
+    brute = (standardize(samples) @ standardize(ref).T).max(1).values
+    np.testing.assert_allclose(nearest_similarity(samples, ref).numpy(), brute.numpy(), atol=1e-12)
+
+
+def test_threshold_labels():
+    assert [threshold_label(t) for t in (1 / 3, 0.25, 0.5, 0.2000001, 0.3)] == ["1/3", "1/4", "1/2", "1/5", "0.3"]

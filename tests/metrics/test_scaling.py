@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from easyhard._validate import ConfigError
-from easyhard.metrics import bootstrap_scaling, fit_power_law, km_median, km_quantile
+from easyhard.metrics import bootstrap_scaling, fit_power_law, km_median, km_quantile, log_log_fit
 
 
 def test_km_median_textbook_example():
@@ -56,3 +56,14 @@ def test_bootstrap_interval_covers_the_true_exponent():
 def test_bootstrap_refuses_unreached_medians():
     with pytest.raises(ConfigError, match="fewer than half"):
         bootstrap_scaling({32: np.array([10, -1, -1]), 64: np.array([20, 30, 40])})
+
+
+def test_log_log_fit_recovers_an_exact_power_law():
+    x = np.geomspace(0.01, 300.0, 9)
+    slope, intercept = log_log_fit(x, 3.7 * x**-1.25)
+    assert slope == pytest.approx(-1.25, abs=1e-12) and intercept == pytest.approx(np.log(3.7), abs=1e-12)
+    assert log_log_fit(np.array([2.0, 2.0, 8.0]), np.array([1.0, 3.0, 9.0]))[0] == pytest.approx(
+        np.log(9.0 / np.sqrt(3.0)) / np.log(4.0))  # repeated x: the line through the mean log y at each x
+    for x, y, text in ((x, -x, "positive"), (np.ones(3), np.ones(3), "two distinct x"), (x[:2], x, "equal length")):
+        with pytest.raises(ConfigError, match=text):
+            log_log_fit(x, y)

@@ -26,6 +26,7 @@ from easyhard._validate import ConfigError, check_int_at_least, check_nonnegativ
 from easyhard.diffusion.ddpm import DDPMSchedule
 from easyhard.diffusion.denoiser import NoiseLevel, as_denoiser, predict_eps as _eps
 from easyhard.metrics.images import EpsPredictor, eps_loss_per_level, fixed_noise
+from easyhard.metrics.scaling import log_log_fit
 from easyhard.oracles.empirical import empirical_denoiser
 
 
@@ -39,14 +40,27 @@ def loss_gap_per_level(predict_eps: EpsPredictor, train: Tensor, test: Tensor, s
     return {"train": train_loss, "test": test_loss, "gap": test_loss - train_loss}
 
 
+def denoiser_distance(estimate: Tensor, reference: Tensor) -> Tensor:
+    """E||D_theta - D_ref||^2 / E||D_ref||^2 over the last two axes (points, features): the relative squared
+    distance of a denoiser's outputs to a reference denoiser's on the same inputs, (..., n, d) -> float64 (...).
+    Leading axes (ensemble members, noise levels) are kept and broadcast, e.g. estimates (E, L, n, d) of E
+    models against a shared reference (L, n, d) give (E, L)."""
+    if estimate.ndim < 2 or estimate.shape[-2:] != reference.shape[-2:]:
+        raise ConfigError(f"estimate and reference must end in the same (n, d) (got {tuple(estimate.shape)} and "
+                          f"{tuple(reference.shape)})")
+    est, ref = estimate.to(torch.float64), reference.to(torch.float64)
+    return ((est - ref) ** 2).sum((-2, -1)) / (ref**2).sum((-2, -1)).clamp_min(1e-300)
+
+
 @torch.no_grad()
 def empirical_distance_per_level(predict_eps: EpsPredictor, train: Tensor, x0: Tensor, schedule: DDPMSchedule,
                                  indices: Sequence[int], seed: int = 0) -> Tensor:
     """E||D_theta(x_i) - D_emp(x_i)||^2 / E||D_emp(x_i)||^2 per level, float64 (len(indices),).
 
     x_i = a x0 + s eps with eps fixed per (point, level); D_emp is the empirical-optimal denoiser of
-    ``train`` (:func:`~easyhard.oracles.empirical_denoiser`); D_theta = (x_i - s eps_hat) / a. A model that
-    has memorised its training set has distance 0 at every level.
+    ``train`` (:func:`~easyhard.oracles.empirical_denoiser`); D_theta = (x_i - s eps_hat) / a; the distance of
+    each level is :func:`denoiser_distance`. A model that has memorised its training set has distance 0 at
+    every level.
     """
     flat = x0.reshape(len(x0), -1).to(torch.float64)
     train_flat = train.reshape(len(train), -1).to(torch.float64)
@@ -61,7 +75,7 @@ def empirical_distance_per_level(predict_eps: EpsPredictor, train: Tensor, x0: T
         eps_hat = _eps(denoiser, x_t.to(x0.dtype).reshape(x0.shape), level).reshape(flat.shape).to(torch.float64)
         model_x0 = (x_t - s * eps_hat) / a
         emp = empirical_denoiser(x_t, train_flat, a, s)
-        out.append(float(((model_x0 - emp) ** 2).sum() / (emp**2).sum().clamp_min(1e-300)))
+        out.append(float(denoiser_distance(model_x0, emp)))
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -109,11 +123,11 @@ def extremum_step(steps: Sequence[int], values: np.ndarray, maximum: bool = Fals
 
 
 def log_slope(ns: Sequence[float], taus: np.ndarray) -> float:
-    """Least-squares slope gamma of log tau = c + gamma log n over all finite positive (n, tau) pairs;
-    taus (len(ns), r) holds r replicate times per n."""
+    """Least-squares slope gamma of log tau = c + gamma log n over all finite positive (n, tau) pairs
+    (:func:`~easyhard.metrics.log_log_fit`); taus (len(ns), r) holds r replicate times per n."""
     ns = np.asarray(ns, dtype=float)
     taus = np.asarray(taus, dtype=float)
-    x = np.broadcast_to(np.log(ns)[:, None], taus.shape)
+    x = np.broadcast_to(ns[:, None], taus.shape)
     ok = np.isfinite(taus) & (taus > 0)
     check_int_at_least("number of distinct n with finite times", len(np.unique(x[ok])), 2)
-    return float(np.polyfit(x[ok], np.log(taus[ok]), 1)[0])
+    return log_log_fit(x[ok], taus[ok])[0]

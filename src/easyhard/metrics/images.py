@@ -26,6 +26,8 @@ from torch import Tensor
 from easyhard._validate import ConfigError, check_int_at_least
 from easyhard.diffusion.ddpm import DDPMSchedule
 from easyhard.diffusion.denoiser import Denoiser, NoiseLevel, as_denoiser, predict_eps
+from easyhard.metrics.bootstrap import bootstrap_replicates, check_level, percentile_interval
+from easyhard.metrics.scaling import log_log_fit
 
 #: E|z| / sqrt(E z^2) = sqrt(2 / pi) for a Gaussian z.
 GAUSSIAN_SPARSITY = math.sqrt(2 / math.pi)
@@ -112,6 +114,16 @@ def _check_indices(indices: Sequence[int]) -> list[int]:
     return indices
 
 
+def eps_loss(eps_hat: Tensor, eps: Tensor) -> Tensor:
+    """Mean eps-MSE per pixel over the last two axes (points mu, pixels): (1/(n d)) sum_mu ||eps_hat_mu - eps_mu||^2,
+    (..., n, d) -> float64 (...). Leading axes (ensemble members, noise levels) are kept and broadcast, e.g.
+    eps_hat (E, L, n, d) of E models against the shared noise eps (L, n, d) gives (E, L)."""
+    if eps_hat.ndim < 2 or eps_hat.shape[-2:] != eps.shape[-2:]:
+        raise ConfigError(f"eps_hat and eps must end in the same (n, d) (got {tuple(eps_hat.shape)} and "
+                          f"{tuple(eps.shape)})")
+    return ((eps_hat.to(torch.float64) - eps.to(torch.float64)) ** 2).sum((-2, -1)) / (eps.shape[-2] * eps.shape[-1])
+
+
 @torch.no_grad()
 def eps_loss_per_level(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSchedule, indices: Sequence[int],
                        seed: int = 0, batch_size: int = 4096) -> Tensor:
@@ -119,18 +131,16 @@ def eps_loss_per_level(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSche
 
     predict_eps: a Denoiser (read in eps space at ``NoiseLevel.at_index(schedule, i)``) or a callable
     f(x_t, i) -> eps_hat; x_t (B, ...) shaped and typed like x0, eps_hat with B * d elements.
-    x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps with eps = :func:`fixed_noise` (n, d, i, seed).
-    Returns float64 (len(indices),).
+    x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps with eps = :func:`fixed_noise` (n, d, i, seed); the loss of
+    each level is :func:`eps_loss`. Returns float64 (len(indices),).
     """
     check_int_at_least("batch_size", batch_size, 1)
     denoiser = as_denoiser(predict_eps)
     out = []
     for i in _check_indices(indices):
-        total, count = 0.0, 0
-        for x_model, _, eps in _noisy_batches(x0, schedule, i, seed, batch_size):
-            total += float(((_predict(denoiser, x_model, schedule, i) - eps) ** 2).sum())
-            count += eps.numel()
-        out.append(total / count)
+        eps_hat, eps = zip(*[(_predict(denoiser, x_model, schedule, i), e)
+                             for x_model, _, e in _noisy_batches(x0, schedule, i, seed, batch_size)])
+        out.append(float(eps_loss(torch.cat(eps_hat), torch.cat(eps))))
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -423,16 +433,11 @@ class EmergenceFit:
         return asdict(self)
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares (slope, intercept) of y on x."""
-    xc = x - x.mean()
-    slope = float((xc * (y - y.mean())).sum() / (xc**2).sum())
-    return slope, float(y.mean() - slope * x.mean())
-
-
 def emergence_law(tau: np.ndarray, eigenvalues: np.ndarray, n_boot: int = 1000, seed: int = 0,
                   rel_cutoff: float = 1e-3, max_modes: int = 512, level: float = 0.95) -> EmergenceFit:
-    """Fit log tau_k = a - beta log lambda_k by least squares (docs/theory/images.md section 6) with a bootstrap CI over modes.
+    """Fit log tau_k = a - beta log lambda_k by least squares (docs/theory/images.md section 6;
+    :func:`~easyhard.metrics.log_log_fit`) with a percentile bootstrap interval over modes
+    (:func:`~easyhard.metrics.bootstrap_replicates`).
 
     tau (K,) from :func:`emergence_steps` (NaN = censored); eigenvalues (K,) > 0 in any order. Eligible
     modes: lambda_k > rel_cutoff * lambda_1, at most the top ``max_modes``. beta ~ 1 is the
@@ -443,23 +448,21 @@ def emergence_law(tau: np.ndarray, eigenvalues: np.ndarray, n_boot: int = 1000, 
         raise ConfigError("tau and eigenvalues must be 1-d of equal length with finite eigenvalues > 0")
     check_int_at_least("n_boot", n_boot, 10)
     check_int_at_least("max_modes", max_modes, 2)
-    if not 0 < level < 1 or not 0 <= rel_cutoff < 1:
-        raise ConfigError(f"level must lie in (0, 1) and rel_cutoff in [0, 1) (got {level}, {rel_cutoff})")
+    check_level(level)
+    if not 0 <= rel_cutoff < 1:
+        raise ConfigError(f"rel_cutoff must lie in [0, 1) (got {rel_cutoff})")
     order = np.argsort(-lam, kind="stable")[:max_modes]
     order = order[lam[order] > rel_cutoff * lam.max()]
     ok = np.isfinite(tau[order]) & (np.nan_to_num(tau[order], nan=0.0) > 0)
-    x, y = np.log(lam[order][ok]), np.log(tau[order][ok])
+    x, y = lam[order][ok], tau[order][ok]
     if x.size < 3 or np.ptp(x) == 0:
         raise ConfigError(f"emergence_law needs at least 3 crossed modes with distinct eigenvalues (got {x.size})")
-    slope, intercept = _slope(x, y)
-    rng = np.random.default_rng(seed)
-    betas = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, x.size, x.size)
-        if np.ptp(x[pick]) > 0:
-            betas.append(-_slope(x[pick], y[pick])[0])
-    tail = 50 * (1 - level)
-    interval = tuple(float(b) for b in np.percentile(betas, [tail, 100 - tail]))
+    slope, intercept = log_log_fit(x, y)
+    # a resample whose eigenvalues are all equal has no slope: NaN, dropped (counted in ``failed``)
+    boot = bootstrap_replicates(lambda pick: -log_log_fit(x[pick], y[pick])[0] if np.ptp(x[pick]) > 0 else np.nan,
+                     x.size, n_boot, seed)
+    betas = boot[np.isfinite(boot)]
+    interval = tuple(float(b) for b in percentile_interval(betas, level))
     censored = int((~np.isfinite(tau[order])).sum())
     return EmergenceFit(-slope, intercept, interval, int(order.size), int(x.size), censored, n_boot,
                         n_boot - len(betas))

@@ -13,7 +13,16 @@ give identical results.
 
 The memorisation fraction (Yoon et al. 2023; Gu et al. 2023 [prior]): a sample is a copy when the
 ratio of its distances to the nearest and the second-nearest training point is below a threshold
-(default 1/3); f_mem is the fraction of copies, with a bootstrap interval over samples.
+(default 1/3); f_mem is the fraction of copies, with a percentile bootstrap interval over samples
+(:mod:`easyhard.metrics.bootstrap`).
+
+Similarities (docs/theory/generalization.md section 5) use phi(x) = (x - mean x) / ||x - mean x||, the per-image
+standardisation: the nearest-neighbour similarity of samples to a split, the paired similarity of two
+models' samples driven by the same noise, and the cosine similarity of two denoisers' outputs.
+
+Ensembles: functions marked so take ``ensemble=True`` for inputs with a leading member axis, (E, n, ...)
+instead of (n, ...), and return one value per member; distances and copy indicators broadcast over any
+leading axes.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import numpy as np
 import torch
 
 from easyhard._validate import ConfigError, check_choice, check_int_at_least
+from easyhard.metrics.bootstrap import bootstrap_mean
 
 METRICS = ("l2", "cosine")
 #: candidates kept per query beyond k in the float32 pass (the margin that lets the round-off certificate pass)
@@ -33,14 +43,19 @@ _EXTRA = 8
 _BLOCK = 2**25
 #: elements (pairs x dimension) of one float64 step of the exact re-ranking (32 MiB)
 _RERANK = 2**22
+#: samples x training x dimension up to which all pairs are compared at once (float64, 32 MiB)
+_ALL_PAIRS = 2**22
 _U32 = 2.0**-24  # unit round-off of float32
 _U64 = 2.0**-53  # unit round-off of float64
 
 
-def _flat(name: str, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
-        raise ConfigError(f"{name} must be a tensor of shape (n, ...) with n >= 1")
-    return x.reshape(len(x), -1).to(torch.float64)
+def _flat(name: str, x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
+    """(n, ...) -> (n, d) float64, or with ``ensemble`` (E, n, ...) -> (E, n, d)."""
+    lead = 2 if ensemble else 1
+    if not isinstance(x, torch.Tensor) or x.ndim < lead + 1 or 0 in x.shape[:lead]:
+        shape = "(E, n, ...) with E, n >= 1" if ensemble else "(n, ...) with n >= 1"
+        raise ConfigError(f"{name} must be a tensor of shape {shape}")
+    return x.reshape(*x.shape[:lead], -1).to(torch.float64)
 
 
 def _flat_view(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -50,14 +65,15 @@ def _flat_view(name: str, x: torch.Tensor) -> torch.Tensor:
     return x.detach().cpu().reshape(len(x), -1)
 
 
-def standardize(x: torch.Tensor) -> torch.Tensor:
-    """Per-image standardisation then unit norm: (x - mean_x) / ||x - mean_x|| (rows; float64).
+def standardize(x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
+    """Per-image standardisation then unit norm: phi(x) = (x - mean_x) / ||x - mean_x||, (n, ...) -> (n, d)
+    float64 (``ensemble``: (E, n, ...) -> (E, n, d)).
 
     The dot product of two such rows is the per-image-standardised cosine similarity.
     """
-    x = _flat("x", x)
-    x = x - x.mean(1, keepdim=True)
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    x = _flat("x", x, ensemble)
+    x = x - x.mean(-1, keepdim=True)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-300)
 
 
 def _rows64(x: torch.Tensor, metric: str, sel: slice | torch.Tensor) -> torch.Tensor:
@@ -88,8 +104,9 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, m
     """(distances (m, k), indices (m, k)) of the k nearest training points of every sample.
 
     metric "l2": Euclidean distances; "cosine": the per-image-standardised cosine similarity, returned
-    as similarities in decreasing order (nearest first). ``chunk``: training rows per block (None: from a
-    128 MiB float32 block budget). Exact in float64 (the float64 brute-force answer), ties to the smaller
+    as similarities in decreasing order (nearest first). ``chunk``: training rows per block of the search
+    (None: all pairs at once for small problems, samples x train x dimension <= 2^22, else blocks from a
+    128 MiB float32 budget). Exact in float64 (the float64 brute-force answer), ties to the smaller
     index; independent of ``chunk``. The inputs are not copied: peak memory is the inputs plus about
     three blocks.
     """
@@ -101,6 +118,8 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, m
         raise ConfigError(f"samples and train must have the same dimension (got {d} and {b.shape[1]})")
     if k > n:
         raise ConfigError(f"k must be at most the number of training points {n} (got {k})")
+    if chunk is None and m * n * d <= _ALL_PAIRS:
+        return _from_squared(*_all_pairs(a, b, k, metric), metric)
     keep = min(n, k + _EXTRA)
     chunk = chunk or max(keep, _BLOCK // max(1, min(m, 4096)))
     check_int_at_least("chunk", chunk, 1)
@@ -154,12 +173,25 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, m
             dist[failed], idx[failed] = _research(q64[failed], q[failed], b, b_sq if search64 else b_sq32, metric,
                                                   search64, (dist[failed, -1] - q_sq[failed] + margin[failed]),
                                                   k, chunk)
-        dist_out.append(dist.sqrt())
+        dist_out.append(dist)
         idx_out.append(idx)
-    dist, idx = torch.cat(dist_out), torch.cat(idx_out)
+    return _from_squared(torch.cat(dist_out), torch.cat(idx_out), metric)
+
+
+def _from_squared(sq: torch.Tensor, idx: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances, indices) from squared float64 distances; for "cosine", similarities 1 - ||phi(a) - phi(b)||^2 / 2."""
+    dist = sq.sqrt()
     if metric == "cosine":
         return 1.0 - dist**2 / 2.0, idx
     return dist, idx
+
+
+def _all_pairs(a: torch.Tensor, b: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest (squared distances (m, k), indices (m, k)) from the float64 differences of all pairs, ties
+    to the smaller index (a stable sort): the brute force itself, for problems of at most ``_ALL_PAIRS``."""
+    diff = _rows64(a, metric, slice(None))[:, None, :] - _rows64(b, metric, slice(None))[None, :, :]
+    sq, idx = diff.mul_(diff).sum(-1).sort(dim=1, stable=True)
+    return sq[:, :k], idx[:, :k]
 
 
 def _research(q64: torch.Tensor, q: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, metric: str, search64: bool,
@@ -222,33 +254,48 @@ def wilson_upper(successes: int, n: int, level: float = 0.95) -> float:
     return min(1.0, (centre + half) / (1 + z * z / n))
 
 
+def threshold_label(t: float) -> str:
+    """'1/3' for a threshold within 1e-4 of 1/k (k = 2..20), else the number."""
+    for k in range(2, 21):
+        if abs(t - 1 / k) < 1e-4:
+            return f"1/{k}"
+    return f"{t:g}"
+
+
+def _nearest_two(distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d1, d2) (..., m) of the two nearest L2 distances (..., m, k >= 2)."""
+    if distances.ndim < 2 or distances.shape[-1] < 2:
+        raise ConfigError(f"distances must have shape (..., m, 2) (got {tuple(distances.shape)})")
+    return distances[..., 0], distances[..., 1]
+
+
 def copies_from_distances(distances: torch.Tensor, threshold: float = 1 / 3) -> torch.Tensor:
-    """Copy indicators (m,) bool from the two nearest L2 distances (m, 2): d1 < threshold * d2.
+    """Copy indicators (..., m) bool from the two nearest L2 distances (..., m, 2): d1 < threshold * d2.
 
     A sample whose two nearest training points are both at distance 0 (a duplicated training image
     copied exactly) counts as a copy [choice].
     """
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must lie in (0, 1) (got {threshold})")
-    if distances.ndim != 2 or distances.shape[1] < 2:
-        raise ConfigError(f"distances must have shape (m, 2) (got {tuple(distances.shape)})")
-    d1, d2 = distances[:, 0], distances[:, 1]
+    d1, d2 = _nearest_two(distances)
     return (d1 < threshold * d2) | (d2 == 0)
+
+
+def distance_ratio(distances: torch.Tensor) -> torch.Tensor:
+    """d1/d2 (..., m) from the two nearest L2 distances (..., m, 2); 0 where d1 = d2 = 0 (an exact copy of a
+    duplicated training point, a copy for :func:`copies_from_distances`)."""
+    d1, d2 = _nearest_two(distances)
+    return torch.where(d2 > 0, d1 / d2.clamp_min(1e-300), torch.zeros_like(d1))
 
 
 def fraction_with_interval(copies: torch.Tensor | np.ndarray, threshold: float, n_boot: int = 1000,
                            level: float = 0.95, seed: int = 0) -> MemorizationFraction:
-    """f_mem of copy indicators (m,), with a percentile bootstrap over samples and the Wilson upper bound."""
+    """f_mem of copy indicators (m,), with a percentile bootstrap over samples (:func:`bootstrap_mean`) and
+    the Wilson upper bound."""
     check_int_at_least("n_boot", n_boot, 10)
-    if not 0 < level < 1:
-        raise ConfigError(f"level must lie in (0, 1) (got {level})")
     copies = np.asarray(copies, dtype=bool)
-    rng = np.random.default_rng(seed)
-    boot = copies[rng.integers(0, len(copies), (n_boot, len(copies)))].mean(1)
-    tail = 50 * (1 - level)
-    lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return MemorizationFraction(float(copies.mean()), (float(lo), float(hi)), threshold, len(copies), n_boot,
-                                float(boot.mean()), float(boot.std(ddof=1)),
+    boot = bootstrap_mean(copies, n_boot, level, seed)
+    return MemorizationFraction(boot.value, boot.interval, threshold, len(copies), n_boot, boot.boot_mean, boot.se,
                                 wilson_upper(int(copies.sum()), len(copies), level))
 
 
@@ -262,27 +309,38 @@ def memorization_fraction(samples: torch.Tensor, train: torch.Tensor, threshold:
     return fraction_with_interval(copies_from_distances(dist, threshold), threshold, n_boot, level, seed)
 
 
+def nearest_similarity(samples: torch.Tensor, reference: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """s_j = max_y phi(x_j) . phi(y) over the reference set: each sample's similarity (per-image-standardised
+    cosine) to its nearest reference point (:func:`nearest_neighbours`, metric "cosine"), float64 (m,)."""
+    return nearest_neighbours(samples, reference, k=1, metric="cosine", chunk=chunk)[0][:, 0]
+
+
 def split_similarity(samples: torch.Tensor, own: torch.Tensor, other: torch.Tensor,
                      chunk: int | None = None) -> dict[str, float]:
-    """Mean nearest-neighbour similarity (per-image-standardised cosine) of a model's samples to its own
+    """Mean nearest-neighbour similarity (:func:`nearest_similarity`) of a model's samples to its own
     training split and to another, disjoint split; their difference is the sample-split bias
     (docs/theory/generalization.md: a positive gap means samples lean towards the model's own data)."""
-    s_own = nearest_neighbours(samples, own, k=1, metric="cosine", chunk=chunk)[0][:, 0]
-    s_other = nearest_neighbours(samples, other, k=1, metric="cosine", chunk=chunk)[0][:, 0]
+    s_own, s_other = nearest_similarity(samples, own, chunk), nearest_similarity(samples, other, chunk)
     return {"own": float(s_own.mean()), "other": float(s_other.mean()), "gap": float((s_own - s_other).mean())}
 
 
-def paired_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-pair standardised cosine similarity of two models' samples driven by the same noise: (m,)."""
-    a, b = standardize(a), standardize(b)
+def _same_shape(what: str, a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape:
-        raise ConfigError(f"paired samples must have the same shape (got {tuple(a.shape)} and {tuple(b.shape)})")
-    return (a * b).sum(1)
+        raise ConfigError(f"{what} must have the same shape (got {tuple(a.shape)} and {tuple(b.shape)})")
 
 
-def denoiser_similarity(first: torch.Tensor, second: torch.Tensor) -> float:
-    """Mean cosine similarity of two denoisers' outputs (n, ...) on the same noisy inputs (no standardisation)."""
-    a, b = _flat("first", first), _flat("second", second)
-    if a.shape != b.shape:
-        raise ConfigError(f"outputs must have the same shape (got {tuple(a.shape)} and {tuple(b.shape)})")
-    return float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)).mean())
+def paired_similarity(a: torch.Tensor, b: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
+    """phi(a_j) . phi(b_j): per-pair standardised cosine similarity of two models' samples driven by the same
+    noise, float64 (m,) (``ensemble``: samples (E, m, ...) -> (E, m))."""
+    a, b = standardize(a, ensemble), standardize(b, ensemble)
+    _same_shape("paired samples", a, b)
+    return (a * b).sum(-1)
+
+
+def denoiser_similarity(first: torch.Tensor, second: torch.Tensor, ensemble: bool = False) -> float | torch.Tensor:
+    """Mean over inputs of cos(D_1(x_j), D_2(x_j)): cosine similarity of two denoisers' outputs (n, ...) on the
+    same noisy inputs (no standardisation). ``ensemble``: outputs (E, n, ...) -> float64 (E,)."""
+    a, b = _flat("first", first, ensemble), _flat("second", second, ensemble)
+    _same_shape("outputs", a, b)
+    cosine = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
+    return cosine.mean(-1) if ensemble else float(cosine.mean())

@@ -5,8 +5,9 @@ tau > budget. Medians are therefore Kaplan-Meier medians, never means. The scali
 
     tau_med(d) = C d^kappa            (or C d^kappa log d with ``log_factor``)
 
-is fitted by least squares on log tau_med against log d, and its uncertainty by a bootstrap over
-runs (runs resampled with replacement within each d, medians and fit recomputed).
+is fitted by least squares on log tau_med against log d (:func:`log_log_fit`, the power-law fit of every
+metric), and its uncertainty by a percentile bootstrap over runs (:mod:`easyhard.metrics.bootstrap`: runs
+resampled with replacement within each d, medians and fit recomputed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from easyhard._validate import ConfigError, check_int_at_least
+from easyhard.metrics.bootstrap import bootstrap_replicates, check_level, percentile_interval
 
 
 def km_quantile(times: np.ndarray, q: float, observed: np.ndarray | None = None) -> float:
@@ -48,14 +50,31 @@ def km_median(times: np.ndarray, observed: np.ndarray | None = None) -> float:
     return km_quantile(times, 0.5, observed)
 
 
+def log_log_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line log y = intercept + slope log x (``numpy.polyfit`` of
+    degree 1 on the logs): the one power-law fit y = e^intercept x^slope of easyhard.metrics.
+
+    x, y (n,) finite and > 0, with at least two distinct x.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ConfigError(f"x and y must be 1-d of equal length (got {x.shape} and {y.shape})")
+    if not (np.isfinite(x).all() and np.isfinite(y).all() and (x > 0).all() and (y > 0).all()):
+        raise ConfigError("a log-log fit needs finite positive x and y")
+    if len(np.unique(x)) < 2:
+        raise ConfigError(f"a log-log fit needs at least two distinct x (got {len(np.unique(x))})")
+    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    return float(slope), float(intercept)
+
+
 def fit_power_law(ds: np.ndarray, medians: np.ndarray, log_factor: bool = False) -> tuple[float, float]:
-    """(kappa, C) of tau = C d^kappa [log d] by least squares on logs; needs >= 2 finite medians."""
+    """(kappa, C) of tau = C d^kappa [log d] by least squares on logs (:func:`log_log_fit` of tau [/ log d]
+    against d); needs >= 2 finite medians."""
     ds, medians = np.asarray(ds, dtype=float), np.asarray(medians, dtype=float)
     if ds.size < 2 or not np.isfinite(medians).all() or (medians <= 0).any():
         raise ConfigError("fit_power_law needs at least two dimensions with finite positive medians")
-    y = np.log(medians / np.log(ds)) if log_factor else np.log(medians)
-    kappa, log_c = np.polyfit(np.log(ds), y, 1)
-    return float(kappa), float(np.exp(log_c))
+    kappa, log_c = log_log_fit(ds, medians / np.log(ds) if log_factor else medians)
+    return kappa, float(np.exp(log_c))
 
 
 @dataclass(frozen=True)
@@ -92,8 +111,7 @@ def bootstrap_scaling(times_by_d: Mapping[int, np.ndarray], log_factor: bool = F
     times_by_d: {d: (n_d,) recovery steps, -1 for runs that never recovered}.
     """
     check_int_at_least("n_boot", n_boot, 10)
-    if not 0 < level < 1:
-        raise ConfigError(f"level must lie in (0, 1) (got {level})")
+    check_level(level)
     dims = tuple(sorted(int(d) for d in times_by_d))
     samples = [np.asarray(times_by_d[d], dtype=float) for d in dims]
     medians = np.array([km_median(s) for s in samples])
@@ -102,15 +120,12 @@ def bootstrap_scaling(times_by_d: Mapping[int, np.ndarray], log_factor: bool = F
         raise ConfigError(f"fewer than half of the runs reached their event (recovery, onset) at size = {missing}: "
                           "raise the step budget")
     kappa, prefactor = fit_power_law(np.array(dims), medians, log_factor)
-    rng = np.random.default_rng(seed)
-    boot_medians = np.array([[km_median(s[rng.integers(0, s.size, s.size)]) for s in samples]
-                             for _ in range(n_boot)])  # (n_boot, n_dims)
+    boot_medians = bootstrap_replicates(lambda *idx: [km_median(s[i]) for s, i in zip(samples, idx)],
+                             [s.size for s in samples], n_boot, seed)  # (n_boot, n_dims), runs resampled per d
     ok = np.isfinite(boot_medians).all(1)
     slopes = np.array([fit_power_law(np.array(dims), m, log_factor)[0] for m in boot_medians[ok]])
-    tail = 50 * (1 - level)
-    interval = tuple(float(x) for x in np.percentile(slopes, [tail, 100 - tail]))
-    med_int = tuple(tuple(float(x) for x in np.percentile(boot_medians[ok][:, i], [tail, 100 - tail]))
-                    for i in range(len(dims)))
+    interval = tuple(float(x) for x in percentile_interval(slopes, level))
+    med_int = tuple(tuple(float(x) for x in col) for col in percentile_interval(boot_medians[ok], level).T)
     frac = tuple(float((s >= 0).mean()) for s in samples)
     return ScalingFit(dims, tuple(float(m) for m in medians), med_int, frac, kappa, prefactor, interval, log_factor,
                       n_boot, int((~ok).sum()))
