@@ -193,12 +193,7 @@ LAYERS = [
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # Wrong-way imports that other refactoring steps remove; strict, so each marker goes once its import is gone.
-PENDING: dict[tuple[str, str], str] = {
-    ("easyhard.report", "easyhard.experiments"):
-        "report.diagnose imports experiments.diagnose (the metrics refactor of the diagnosis removes it)",
-    ("easyhard.experiments", "easyhard.runs"):
-        "experiments.diagnose imports environment_info from runs.io (the metrics refactor of the diagnosis removes it)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _unit(module: str) -> str:

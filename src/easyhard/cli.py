@@ -418,6 +418,7 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
     from easyhard.experiments.diagnose import (check_inputs, check_thresholds, subsample, threshold_label,
                                                write_diagnosis)
     from easyhard.experiments.diagnose import diagnose as run_diagnosis
+    from easyhard.runs.io import environment_info
 
     start = time.perf_counter()
     thresholds = check_thresholds(_parse_thresholds(thresholds))
@@ -440,7 +441,7 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
     config = {"command": "diagnose", "samples": str(samples_dir), "train": str(train_dir),
               "test": None if test_dir is None else str(test_dir), "thresholds": list(thresholds), "n_boot": n_boot,
               "seed": seed, "max_samples": max_samples}
-    paths = write_diagnosis(out_dir, result, config)
+    paths = write_diagnosis(out_dir, result, config, environment_info())
     main_t = result["settings"]["main_threshold"]
     for m in result["memorization"]:
         click.echo(f"f_mem(d1/d2 < {threshold_label(m['threshold'])}) = {m['value']:.4f} "

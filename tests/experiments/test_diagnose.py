@@ -1,16 +1,21 @@
-"""Memorisation diagnostics: copies vs fresh samples, the fair split comparison, one search, the written report."""
+"""Memorisation diagnostics: copies vs fresh samples, the fair split comparison, one search, every number against
+the library metrics applied by hand, the written report."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import easyhard.experiments.diagnose as diagnose_module
 from easyhard._validate import ConfigError
 from easyhard.experiments.diagnose import diagnose, subsample, write_diagnosis
-from easyhard.metrics.memorization import split_similarity
+from easyhard.metrics import (
+    bootstrap_mean, copies_from_distances, distance_ratio, fraction_with_interval, nearest_neighbours,
+    nearest_similarity, split_similarity)
+from easyhard.runs.io import environment_info
 
 
 def _data(n_train=60, n_test=60, seed=0, shape=(3, 4, 4)):
@@ -90,7 +95,7 @@ def test_subsample_is_seeded_and_ordered():
 def test_write_diagnosis_files(tmp_path):
     train, test, g = _data()
     result = diagnose(train[:5].clone(), train, test, n_boot=20)
-    paths = write_diagnosis(tmp_path / "out", result, {"command": "diagnose", "seed": 0})
+    paths = write_diagnosis(tmp_path / "out", result, {"command": "diagnose", "seed": 0}, environment_info())
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.json", "report.md", "run.json", "diagnose.png"}
     saved = json.loads(paths["results"].read_text())
     assert saved["memorization"] == json.loads(json.dumps(result["memorization"])) and "packages" in saved["environment"]
@@ -100,3 +105,42 @@ def test_write_diagnosis_files(tmp_path):
                  "## Own (train) versus other (test) split"):
         assert text in report, text
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("n_test", [60, 45])  # equal sizes, and a train set subsampled to the test size
+def test_diagnosis_equals_the_library_metrics_applied_by_hand(n_test):
+    """Every number of the diagnosis from easyhard.metrics called directly: copies and f_mem with their bootstrap,
+    d1/d2, the reference copies of test points, and the own- versus other-split similarities with the bootstrap
+    means (seeds [seed, k] as documented, the larger set replaced by a seeded subset)."""
+    train, test, g = _data(n_test=n_test)
+    samples = torch.cat([train[:20] + torch.logspace(-3, 0, 20)[:, None, None, None] * torch.randn(20, 3, 4, 4,
+                                                                                                    generator=g),
+                         torch.randn(30, 3, 4, 4, generator=g)])
+    seed, n_boot, level = 7, 300, 0.9
+    result = diagnose(samples, train, test, n_boot=n_boot, seed=seed, level=level)
+    dist, _ = nearest_neighbours(samples, train, k=2)
+    for entry, t in zip(result["memorization"], (1 / 4, 1 / 3, 1 / 2)):
+        expected = fraction_with_interval(copies_from_distances(dist, t), t, n_boot, level, seed).to_dict()
+        assert {k: entry[k] for k in expected} == expected | {"interval": list(expected["interval"])}
+    counts = [m["copies"] for m in result["memorization"]]
+    assert 0 < counts[0] < counts[2] < 50  # the thresholds disagree on some samples: each count is tested
+    assert result["per_sample"]["ratio"] == distance_ratio(dist).tolist()
+    assert result["per_sample"]["d1"] == dist[:, 0].tolist()
+    ref, _ = nearest_neighbours(test, train, k=2)
+    split = result["split"]
+    assert [c["copies"] for c in split["reference"]["copies"]] == [
+        int(copies_from_distances(ref, t).sum()) for t in (1 / 4, 1 / 3, 1 / 2)]
+    own = train if n_test == len(train) else train[torch.from_numpy(
+        np.sort(np.random.default_rng([seed, 1]).choice(len(train), n_test, replace=False)))]
+    s_own, s_other = nearest_similarity(samples, own), nearest_similarity(samples, test)
+    assert split["own"] == float(s_own.mean()) and split["other"] == float(s_other.mean())
+    assert split["gap"]["value"] == pytest.approx(split_similarity(samples, own, test)["gap"], rel=1e-12)
+    expected = bootstrap_mean((s_own - s_other).numpy(), n_boot, level, [seed, 2]).to_dict()
+    assert split["gap"] == expected | {"interval": list(expected["interval"])}
+    cut = float(np.quantile(ref[:, 0].numpy(), 0.05))
+    nearer = bootstrap_mean((dist[:, 0] < cut).double().numpy(), n_boot, level, [seed, 3])
+    assert split["nearer_than_reference"]["interval"] == list(nearer.interval)
+    l2_own, l2_other = nearest_neighbours(samples, own, k=1)[0][:, 0], nearest_neighbours(samples, test, k=1)[0][:, 0]
+    closer = bootstrap_mean(((l2_own < l2_other).double() + 0.5 * (l2_own == l2_other).double()).numpy(), n_boot,
+                            level, [seed, 5])
+    assert split["closer_to_train"]["value"] == closer.value and split["closer_to_train"]["se"] == closer.se

@@ -4,6 +4,9 @@
 of the same distribution) in pixel space and returns a JSON-ready dict; :func:`write_diagnosis` writes
 results.json, report.md, run.json and a figure. Pure: nothing is printed.
 
+Every number is a function of :mod:`easyhard.metrics` (nearest neighbours, copies, ratios, similarities, and the
+percentile bootstrap of :mod:`easyhard.metrics.bootstrap`):
+
 - Memorisation fraction f_mem: a sample is a copy when d1/d2 < k (L2 distances to its nearest and
   second-nearest training point), at every threshold k (default 1/4, 1/3, 1/2), with the percentile
   bootstrap interval, bootstrap SE and Wilson upper bound. One k = 2 search serves every threshold.
@@ -32,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from easyhard._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from easyhard._validate import ConfigError, check_int_at_least
-from easyhard.metrics.memorization import copies_from_distances, fraction_with_interval, nearest_neighbours
-from easyhard.runs.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment_info
+from easyhard.metrics import (
+    bootstrap_mean, copies_from_distances, distance_ratio, fraction_with_interval, nearest_neighbours,
+    nearest_similarity, threshold_label)
 
 DEFAULT_THRESHOLDS = (1 / 4, 1 / 3, 1 / 2)
 #: the threshold of the headline number and the flags (the one nearest to it among those given)
@@ -59,22 +64,10 @@ def _stats(x: torch.Tensor) -> dict:
             "min": float(flat.min()), "max": float(flat.max())}
 
 
-def _bootstrap_mean(values: np.ndarray, n_boot: int, level: float, seed) -> dict:
-    """Mean of per-sample values with a percentile bootstrap interval over samples and the SE (ddof = 1)."""
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    block = max(1, 2**22 // len(values))
-    boot = np.concatenate([values[rng.integers(0, len(values), (min(block, n_boot - b), len(values)))].mean(1)
-                           for b in range(0, n_boot, block)])
-    tail = 50 * (1 - level)
-    lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return {"value": float(values.mean()), "interval": [float(lo), float(hi)], "se": float(boot.std(ddof=1)),
-            "boot_mean": float(boot.mean())}
-
-
-def _ratio(dist: torch.Tensor) -> torch.Tensor:
-    d1, d2 = dist[:, 0], dist[:, 1]
-    return torch.where(d2 > 0, d1 / d2.clamp_min(1e-300), torch.zeros_like(d1))
+def _mean(values: torch.Tensor, n_boot: int, level: float, seed: list[int]) -> dict:
+    """{"value", "interval", "se", "boot_mean"} of per-sample values (:func:`~easyhard.metrics.bootstrap_mean`)."""
+    boot = bootstrap_mean(values.numpy(), n_boot, level, seed).to_dict()
+    return boot | {"interval": list(boot["interval"])}
 
 
 def check_thresholds(thresholds) -> tuple[float, ...]:
@@ -88,12 +81,9 @@ def check_thresholds(thresholds) -> tuple[float, ...]:
     return tuple(values)
 
 
-def threshold_label(t: float) -> str:
-    """'1/3' for a threshold within 1e-4 of 1/k (k = 2..20), else the number."""
-    for k in range(2, 21):
-        if abs(t - 1 / k) < 1e-4:
-            return f"1/{k}"
-    return f"{t:g}"
+def _rows(n_rows: int, n: int, seed: list[int]) -> np.ndarray:
+    """``n`` of ``n_rows`` row indices drawn without replacement by a generator seeded by ``seed``, sorted."""
+    return np.sort(np.random.default_rng(seed).choice(n_rows, n, replace=False))
 
 
 def subsample(x: torch.Tensor, n: int | None, seed: int = 0) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -102,7 +92,7 @@ def subsample(x: torch.Tensor, n: int | None, seed: int = 0) -> tuple[torch.Tens
     if n is None or n >= len(x):
         return x, None
     check_int_at_least("max_samples", n, 1)
-    idx = np.sort(np.random.default_rng([seed, 4]).choice(len(x), n, replace=False))
+    idx = _rows(len(x), n, [seed, 4])
     return x[torch.from_numpy(idx)], idx
 
 
@@ -145,7 +135,7 @@ def diagnose(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor | No
               "dimension": int(np.prod(samples.shape[1:]))}
 
     dist, idx = nearest_neighbours(samples, train, k=2)  # one search for every threshold
-    ratio = _ratio(dist)
+    ratio = distance_ratio(dist)
     memorization = [fraction_with_interval(copies_from_distances(dist, t), t, n_boot, level, seed).to_dict()
                     for t in thresholds]
     for entry in memorization:
@@ -174,24 +164,22 @@ def _split(samples, train, test, dist, thresholds, n_boot, level, seed) -> tuple
     """Samples against test, test against train (reference), and the fair own-versus-other comparison."""
     d_test = nearest_neighbours(samples, test, k=1)[0][:, 0]
     ref, _ = nearest_neighbours(test, train, k=2)
-    ref_ratio = _ratio(ref)
+    ref_ratio = distance_ratio(ref)
     ref_copies = [{"threshold": t, "copies": int(c.sum()), "value": float(c.double().mean())}
                   for t in thresholds for c in [copies_from_distances(ref, t)]]
     cut = float(np.quantile(ref[:, 0].numpy(), REFERENCE_QUANTILE))
-    nearer = _bootstrap_mean((dist[:, 0] < cut).double().numpy(), n_boot, level, [seed, 3])
+    nearer = _mean((dist[:, 0] < cut).double(), n_boot, level, [seed, 3])
     nearer |= {"expected": REFERENCE_QUANTILE, "distance": cut}
 
     size = min(len(train), len(test))
-    rng = np.random.default_rng([seed, 1])
-    pick = lambda x: x if len(x) == size else x[torch.from_numpy(np.sort(rng.choice(len(x), size, replace=False)))]  # noqa: E731
-    own_set, other_set = pick(train), pick(test)
-    s_own = nearest_neighbours(samples, own_set, k=1, metric="cosine")[0][:, 0]
-    s_other = nearest_neighbours(samples, other_set, k=1, metric="cosine")[0][:, 0]
-    gap = _bootstrap_mean((s_own - s_other).numpy(), n_boot, level, [seed, 2])
+    own_set, other_set = (x if len(x) == size else x[torch.from_numpy(_rows(len(x), size, [seed, 1]))]
+                          for x in (train, test))
+    s_own, s_other = nearest_similarity(samples, own_set), nearest_similarity(samples, other_set)
+    gap = _mean(s_own - s_other, n_boot, level, [seed, 2])  # the gap of split_similarity, with its bootstrap
     l2_own = dist[:, 0] if len(own_set) == len(train) else nearest_neighbours(samples, own_set, k=1)[0][:, 0]
     l2_other = d_test if len(other_set) == len(test) else nearest_neighbours(samples, other_set, k=1)[0][:, 0]
-    closer = ((l2_own < l2_other).double() + 0.5 * (l2_own == l2_other).double()).numpy()
-    closer = _bootstrap_mean(closer, n_boot, level, [seed, 5]) | {"expected": 0.5}
+    closer = (l2_own < l2_other).double() + 0.5 * (l2_own == l2_other).double()
+    closer = _mean(closer, n_boot, level, [seed, 5]) | {"expected": 0.5}
     split = {"nn_test": {"d1": _summary(d_test)},
              "reference": {"d1": _summary(ref[:, 0]), "ratio": _summary(ref_ratio), "copies": ref_copies},
              "nearer_than_reference": nearer,
@@ -250,15 +238,15 @@ def _flags(result: dict, main_t: float) -> list[dict]:
     return flags
 
 
-def write_diagnosis(out_dir: str | Path, result: dict, config: dict) -> dict[str, Path]:
-    """results.json (result and environment), report.md, run.json (config and environment) and the figure,
-    each written atomically; returns the paths by role."""
+def write_diagnosis(out_dir: str | Path, result: dict, config: dict, environment: dict) -> dict[str, Path]:
+    """results.json (result and ``environment``), report.md, run.json (config and environment) and the figure,
+    each written atomically; returns the paths by role. The caller supplies the environment metadata
+    (:func:`easyhard.runs.io.environment_info`)."""
     from easyhard.report.diagnose import diagnosis_figure, render_diagnosis
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment_info()
     return {"figure": atomic_write_bytes(out / FIGURE, diagnosis_figure(result)),
-            "results": atomic_write_json(out / "results.json", {**result, "environment": env}),
-            "run": atomic_write_json(out / "run.json", {"config": config, **env}),
+            "results": atomic_write_json(out / "results.json", {**result, "environment": environment}),
+            "run": atomic_write_json(out / "run.json", {"config": config, **environment}),
             "report": atomic_write_text(out / "report.md", render_diagnosis(result, FIGURE))}

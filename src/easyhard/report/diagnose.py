@@ -1,5 +1,6 @@
 """Figure and Markdown for ``easyhard diagnose``, built from the dict of
-:func:`easyhard.experiments.diagnose.diagnose`."""
+:func:`easyhard.experiments.diagnose.diagnose` (which this module does not import: report sits below
+experiments)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from easyhard.metrics.memorization import threshold_label  # noqa: E402
 from easyhard.report._figure import fmt, save_figure  # noqa: E402
-
-
-def _label(t: float) -> str:
-    from easyhard.experiments.diagnose import threshold_label
-
-    return threshold_label(t)
 
 
 def diagnosis_figure(result: dict) -> bytes:
@@ -33,7 +29,7 @@ def diagnosis_figure(result: dict) -> bytes:
         ax.hist(per["test_ratio"], bins=bins, density=True, histtype="step", lw=1.5, color="k",
                 label="test -> train (reference)")
     for i, t in enumerate(result["settings"]["thresholds"]):
-        ax.axvline(t, color="C3", ls=("--", ":", "-.")[i % 3], lw=1, label=f"k = {_label(t)}")
+        ax.axvline(t, color="C3", ls=("--", ":", "-.")[i % 3], lw=1, label=f"k = {threshold_label(t)}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("d1 / d2 (nearest / second-nearest training point)")
     ax.set_ylabel("density")
@@ -86,11 +82,11 @@ def render_diagnosis(result: dict, figure: str) -> str:
     lines += [f"- **{f['id']}**: {f['message']}" for f in result["flags"]] or ["- none: no sign of memorisation "
                                                                                "or of a bias towards train"]
     lines += ["", "## Memorisation fraction f_mem", ""]
-    rows = [[_label(m["threshold"]), m["copies"], fmt(m["value"], ".4f"), _interval(m, ".4f"), fmt(m["se"], ".2g"),
-             fmt(m["wilson_upper"], ".4f")] for m in result["memorization"]]
+    rows = [[threshold_label(m["threshold"]), m["copies"], fmt(m["value"], ".4f"), _interval(m, ".4f"),
+             fmt(m["se"], ".2g"), fmt(m["wilson_upper"], ".4f")] for m in result["memorization"]]
     lines += _table(["k", "copies", "f_mem", f"{level} CI (bootstrap)", "SE", "Wilson upper"], rows)
     main = next(m for m in result["memorization"] if m["threshold"] == settings["main_threshold"])
-    k = _label(main["threshold"])
+    k = threshold_label(main["threshold"])
     if main["copies"]:
         lines.append(f"A sample is a copy when its nearest training point is much nearer than the second nearest "
                      f"(d1/d2 < k). At k = {k}, {main['copies']} of {main['n_samples']} samples are copies: the "
