@@ -45,7 +45,10 @@ from torch import Tensor
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
 from easyhard.diffusion import DDPMSchedule
 from easyhard.diffusion.samplers import SamplerNoise, sample
-from easyhard.metrics.images import fixed_noise
+from easyhard.metrics import (
+    bootstrap_replicates, bootstrap_scaling, copies_from_distances, denoiser_distance, denoiser_similarity, eps_loss,
+    extremum_step, first_crossing, first_near_best, fixed_noise, kl_to_density, km_median, knn_divergence,
+    log_slope, mean_log_likelihood, nearest_neighbours, nearest_similarity, paired_similarity, percentile_interval)
 from easyhard.train.ensemble import EnsembleTrainConfig, Splits
 
 DATA = ("mixture", "patches", "cifar10")
@@ -315,52 +318,30 @@ def raw_denoiser(model: torch.nn.Module, centres: Tensor, schedule: DDPMSchedule
     return eps
 
 
-def _pearson(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample Pearson correlation over the last axis (the standardised cosine): shapes (..., d) -> (...)."""
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+def _by_level(x: Tensor, levels: int) -> Tensor:
+    """(..., L*n, d) -> (..., L, n, d): the probe's level-major layout, one block of points per level."""
+    return x.reshape(*x.shape[:-2], levels, -1, x.shape[-1])
 
 
-def _cosine(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
-
-
-def _copies(samples: Tensor, splits: Splits, config: MemorizationConfig) -> tuple[Tensor, Tensor]:
+def _copies(samples: Tensor, splits: Splits, thresholds: tuple[float, ...]) -> tuple[Tensor, Tensor]:
     """Copies per member and threshold (E, len(thresholds)) and the median nearest-neighbour distance (E,) of
-    samples (E, M, d) to each member's own split; members of equal n are searched together (exact distances)."""
-    from easyhard.metrics.memorization import copies_from_distances
-
-    E = len(splits.counts)
-    copies = torch.zeros(E, len(config.thresholds), dtype=torch.long)
-    nearest = torch.zeros(E)
-    for n in splits.counts.unique().tolist():
-        ids = torch.nonzero(splits.counts == n)[:, 0]
-        dist = torch.cdist(samples[ids].double(), splits.data[ids, :n].double(),
-                           compute_mode="donot_use_mm_for_euclid_dist")
-        two = dist.topk(min(2, n), dim=-1, largest=False).values  # (members, M, 2), ascending
-        for t, k in enumerate(config.thresholds):
-            copies[ids, t] = torch.stack([copies_from_distances(row, k).sum() for row in two])
-        nearest[ids] = two[..., 0].median(-1).values.float()
-    return copies, nearest
-
-
-def _nearest_similarity(samples: Tensor, data: Tensor) -> Tensor:
-    """s[a, b, j] = max_y cos(phi(x_a^j), phi(y)) over the split y in data[b]: samples (K, M, d) of the K models of
-    one group, data (K, n, d) their splits; phi = per-sample standardisation (docs/theory/generalization.md section 5)."""
-    from easyhard.metrics.memorization import standardize
-
-    K, M, d = samples.shape
-    x = standardize(samples.reshape(-1, d)).reshape(K, M, d)
-    y = standardize(data.reshape(-1, d)).reshape(K, -1, d)
-    return torch.einsum("amd,bnd->abmn", x, y).amax(-1)
+    samples (E, M, d) to each member's own split (exact distances, :func:`~easyhard.metrics.nearest_neighbours`;
+    copies by :func:`~easyhard.metrics.copies_from_distances`)."""
+    dist = torch.stack([nearest_neighbours(samples[e], splits.member(e), k=2)[0] for e in range(len(splits.counts))])
+    copies = torch.stack([copies_from_distances(dist, k).sum(-1) for k in thresholds], -1)
+    return copies, dist[..., 0].median(-1).values.float()
 
 
 def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Problem, probe: Probe,
              schedule: DDPMSchedule, centres: Tensor) -> dict[str, list]:
     """Every measurement of one checkpoint (module docstring), for models that centred their data by
     ``centres`` (:attr:`Problem.centres`); arrays as nested lists, leading axis E or the (seed, n, pair)
-    layout for pairwise statistics."""
+    layout for pairwise statistics. Each number is a function of :mod:`easyhard.metrics` applied with a
+    leading member axis: :func:`~easyhard.metrics.eps_loss`, :func:`~easyhard.metrics.denoiser_distance`,
+    :func:`~easyhard.metrics.copies_from_distances`, :func:`~easyhard.metrics.kl_to_density` (or
+    :func:`~easyhard.metrics.knn_divergence`), :func:`~easyhard.metrics.paired_similarity`,
+    :func:`~easyhard.metrics.nearest_similarity` (the gap of :func:`~easyhard.metrics.split_similarity`) and
+    :func:`~easyhard.metrics.denoiser_similarity`."""
     splits = problem.splits
     E, d = len(splits.counts), probe.test_x.shape[1]
     eps = raw_denoiser(model, centres.to(probe.test_x.device), schedule)
@@ -368,42 +349,33 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     # losses per level and distances to the reference denoisers
     test_x = probe.test_x.expand(E, -1, -1)
     eps_test = eps(test_x, probe.test_i)
-    test_loss = ((eps_test - probe.test_eps) ** 2).mean(-1).reshape(E, L, -1).mean(-1)
-    train_loss = ((eps(probe.train_x, probe.train_i) - probe.train_eps) ** 2).mean(-1).reshape(E, L, -1).mean(-1)
+    out = {"test_loss": eps_loss(_by_level(eps_test, L), _by_level(probe.test_eps, L)),
+           "train_loss": eps_loss(_by_level(eps(probe.train_x, probe.train_i), L), _by_level(probe.train_eps, L))}
     a, s = (c.float()[:, None] for c in schedule.coefficients(probe.test_i))
-    model_x0 = (test_x - s * eps_test) / a
-
-    def rel_dist(ref: Tensor) -> Tensor:
-        return (((model_x0 - ref) ** 2).sum(-1).reshape(E, L, -1).sum(-1)
-                / (ref**2).sum(-1).reshape(-1, L, probe.test_x.shape[0] // L).sum(-1).clamp_min(1e-30))
-
-    out = {"test_loss": test_loss, "train_loss": train_loss, "emp_distance": rel_dist(probe.emp_x0)}
+    model_x0 = _by_level((test_x - s * eps_test) / a, L)
+    out["emp_distance"] = denoiser_distance(model_x0, _by_level(probe.emp_x0, L))
     if probe.exact_x0 is not None:
-        out["exact_distance"] = rel_dist(probe.exact_x0)
+        out["exact_distance"] = denoiser_distance(model_x0, _by_level(probe.exact_x0, L))
     # memorisation and sample quality from DDIM samples with shared initial noise
     mem = sample(eps, schedule, (E, config.mem_samples, d), method="ddim", steps=config.mem_steps, heun=False,
                  clip_x0=None, noise=probe.mem_noise).cpu()
-    out["copies"], out["nn_distance"] = _copies(mem, splits, config)
+    out["copies"], out["nn_distance"] = _copies(mem, splits, config.thresholds)
     if problem.law is not None:  # k-NN estimate of KL(q || p) with the exact log-density
-        from easyhard.metrics.quality import knn_entropy
-
-        log_p = problem.law.log_prob(mem.reshape(-1, d).double()).reshape(E, -1).mean(-1)
-        entropy = torch.tensor([knn_entropy(mem[e].double()) for e in range(E)], dtype=torch.float64)
-        out["kl"] = torch.where(torch.isinf(entropy), torch.inf, -entropy - log_p)
-        out["log_likelihood"] = log_p
+        out["kl"] = torch.tensor([kl_to_density(x, problem.law.log_prob) for x in mem.double()], dtype=torch.float64)
+        out["log_likelihood"] = torch.tensor([mean_log_likelihood(x, problem.law.log_prob) for x in mem.double()],
+                                             dtype=torch.float64)
     else:  # held-out-referenced k-NN estimate of KL(q || p)
-        from easyhard.metrics.quality import knn_divergence
-
-        out["kl"] = torch.tensor([knn_divergence(mem[e].double(), problem.test.double()) for e in range(E)])
+        out["kl"] = torch.tensor([knn_divergence(x, problem.test.double()) for x in mem.double()])
     # coupled ancestral samples: cross-split similarity, its noise floor, own- vs other-split similarity
     shape = (E, config.split_samples, d)
     coupled = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,
                      noise=probe.split_noise)
     independent = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,
                          noise=probe.floor_noise)
-    out["floor"] = _pearson(coupled, independent).mean(-1)
+    out["floor"] = paired_similarity(coupled, independent, ensemble=True).mean(-1)
     coupled = coupled.cpu()
     pairs = list(itertools.combinations(range(config.splits), 2))
+    ordered = list(itertools.permutations(range(config.splits), 2))
     groups = [[config.member(seed, n_pos, k) for k in range(config.splits)]
               for seed in range(config.seeds) for n_pos in range(len(config.ns))]
     # denoiser similarity at a fixed index: every member on all training inputs of its group (A's inputs are
@@ -414,15 +386,18 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     eps_score_test = eps(probe.score_test.expand(E, -1, -1), config.score_index)
     similarity, delta_nn, s_train, s_test = [], [], [], []
     for ids in groups:
-        similarity.append([float(_pearson(coupled[ids[i]], coupled[ids[j]]).mean()) for i, j in pairs])
-        nn_sim = _nearest_similarity(coupled[ids], splits.data[ids, :int(splits.counts[ids[0]])])  # (K, K, M)
-        delta_nn.append(float(np.mean([float((nn_sim[i, i] - nn_sim[i, j]).mean())
-                                       for i in range(config.splits) for j in range(config.splits) if i != j])))
-        ordered = [(i, j) for i in range(config.splits) for j in range(config.splits) if i != j]
-        s_train.append(float(np.mean([float(_cosine(eps_train[ids[i], i], eps_train[ids[j], i]).mean())
-                                      for i, j in ordered])))
-        s_test.append(float(np.mean([float(_cosine(eps_score_test[ids[i]], eps_score_test[ids[j]]).mean())
-                                     for i, j in ordered])))
+        first, second = [ids[i] for i, _ in pairs], [ids[j] for _, j in pairs]
+        similarity.append(paired_similarity(coupled[first], coupled[second], ensemble=True).mean(-1).tolist())
+        # nn[i][j]: similarity of model i's samples to their nearest point of split j; the gap of split_similarity
+        # for (samples of i, own split i, other split j) is mean(nn[i][i] - nn[i][j]), each search done once
+        nn = [[nearest_similarity(coupled[ids[i]], splits.member(ids[j])) for j in range(config.splits)]
+              for i in range(config.splits)]
+        delta_nn.append(float(np.mean([float((nn[i][i] - nn[i][j]).mean()) for i, j in ordered])))
+        a_pos = [i for i, _ in ordered]  # ordered pairs (A, B): both models on A's training inputs
+        a_ids, b_ids = [ids[i] for i in a_pos], [ids[j] for _, j in ordered]
+        on_train = denoiser_similarity(eps_train[a_ids, a_pos], eps_train[b_ids, a_pos], ensemble=True)
+        s_train.append(float(on_train.mean()))
+        s_test.append(float(denoiser_similarity(eps_score_test[a_ids], eps_score_test[b_ids], ensemble=True).mean()))
     out["similarity"] = torch.tensor(similarity).reshape(config.seeds, len(config.ns), len(pairs))
     out["delta_nn"] = torch.tensor(delta_nn).reshape(config.seeds, len(config.ns))
     out["score_train"] = torch.tensor(s_train).reshape(config.seeds, len(config.ns))
@@ -486,23 +461,19 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
 # ============================================================================================ analysis
 def _bootstrap_slope_difference(ns: np.ndarray, late: np.ndarray, early: np.ndarray, n_boot: int = 1000,
                                 seed: int = 0) -> tuple[float, tuple[float, float]]:
-    """slope(late) - slope(early) of log tau against log n, with a percentile interval over resampled
-    seeds; late, early: (seeds, len(ns)) steps."""
-    from easyhard.metrics.generalization import log_slope
+    """slope(late) - slope(early) of log tau against log n (:func:`~easyhard.metrics.log_slope`), with a 95%
+    percentile interval over resampled seeds (:func:`~easyhard.metrics.bootstrap_replicates`); late, early: (seeds,
+    len(ns)) steps."""
 
     def diff(rows: np.ndarray) -> float:
         return log_slope(ns, late[rows].T) - log_slope(ns, early[rows].T)
 
-    rng = np.random.default_rng(seed)
-    boots = [diff(rng.integers(0, len(late), len(late))) for _ in range(n_boot)]
-    return diff(np.arange(len(late))), tuple(float(x) for x in np.percentile(boots, [2.5, 97.5]))
+    boots = bootstrap_replicates(diff, len(late), n_boot, seed)
+    return diff(np.arange(len(late))), tuple(float(x) for x in percentile_interval(boots, 0.95))
 
 
 def analyse(config: MemorizationConfig, records: list[dict]) -> dict:
     """Timescales, fits and checks from the per-checkpoint records (module docstring)."""
-    from easyhard.metrics.generalization import extremum_step, first_crossing, first_near_best, log_slope
-    from easyhard.metrics.scaling import bootstrap_scaling, km_median
-
     if len(records) < 2:
         raise ConfigError(f"the analysis needs at least two checkpoints (got {len(records)})")
     S, N, K = config.seeds, len(config.ns), config.splits
