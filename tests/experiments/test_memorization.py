@@ -1,4 +1,5 @@
-"""The sample-split memorisation experiment: analysis against constructed records, and a smoke run."""
+"""The sample-split memorisation experiment: analysis against constructed records, one checkpoint's measurements
+against the library metrics applied by hand, and a smoke run."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from easyhard._validate import ConfigError
-from easyhard.experiments.memorization import SMOKE, MemorizationConfig, analyse, run_memorization
+from easyhard.diffusion import DDPMSchedule
+from easyhard.diffusion.parametrization import x0_to_eps
+from easyhard.diffusion.samplers import sample
+from easyhard.experiments.memorization import (
+    SMOKE, MemorizationConfig, analyse, evaluate, make_probe, make_problem, raw_denoiser, run_memorization)
+from easyhard.metrics import (
+    denoiser_distance, denoiser_similarity, empirical_distance_per_level, eps_loss_per_level, fixed_noise, kl_to_density,
+    mean_log_likelihood, memorization_fraction, nearest_neighbours, paired_similarity, split_similarity)
+from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
+from easyhard.oracles.empirical import empirical_denoiser
 from easyhard.train.ensemble import EnsembleTrainConfig
 
 
@@ -101,3 +112,96 @@ def test_image_patch_version_runs_with_a_held_out_quality_measure(tmp_path):
     result = run_memorization(config, tmp_path)
     assert "exact_distance" not in result and np.isfinite(np.array(result["kl"])).any()
     assert len(result["tau_gen"]) == 1 and np.isfinite(np.array(result["test_loss"])).all()
+
+
+class _HalfMemorising(torch.nn.Module):
+    """An ensemble whose ``memorise`` members are the empirical-optimal denoiser of their (centred) split, so
+    their samples copy training points, and whose other members are a freshly initialised network."""
+
+    def __init__(self, net: torch.nn.Module, data: torch.Tensor, counts: torch.Tensor, memorise: torch.Tensor):
+        super().__init__()
+        self.net, self.data, self.counts, self.memorise = net, data, counts, memorise
+
+    def forward(self, x_t: torch.Tensor, i, schedule: DDPMSchedule) -> torch.Tensor:
+        out = self.net(x_t, i, schedule)
+        a, s = schedule.coefficients(i)
+        for e in torch.nonzero(self.memorise)[:, 0].tolist():
+            x0 = empirical_denoiser(x_t[e].double(), self.data[e, :int(self.counts[e])].double(), a, s)
+            out[e] = x0_to_eps(x0, x_t[e].double(), a, s).float()
+        return out
+
+
+def test_evaluate_equals_the_library_metrics_applied_by_hand():
+    """Every output of one checkpoint, for an ensemble of fresh and memorising members, against easyhard.metrics
+    called member by member
+    (pair by pair) without the member axis: losses and distances per level through the predictor functions on
+    the documented fixed noise (seed 11 for test points, 12 for training points), copies, KL and similarities
+    on the same samples."""
+    config = dataclasses.replace(SMOKE, ns=(4, 8), fit_min_n=4, seeds=1, splits=3, n_test=120, loss_levels=3,
+                                 loss_test=24, loss_train=12, mem_samples=40, split_samples=20, score_inputs=10,
+                                 thresholds=(1 / 3, 1 / 2, 0.9))
+    schedule = DDPMSchedule(T=config.T)
+    problem = make_problem(config)
+    probe = make_probe(config, problem, schedule)
+    E, d, levels = config.members, config.d, config.loss_indices()
+    model = _HalfMemorising(EnsembleMLP(EnsembleConfig(E, d, config.width, config.depth, config.time_dim),
+                                        torch.Generator().manual_seed(3)), problem.splits.data - problem.centres,
+                            problem.splits.counts, torch.arange(E) < E // 2)
+    out = {k: np.array(v) for k, v in evaluate(model, config, problem, probe, schedule, problem.centres).items()}
+    eps = raw_denoiser(model, problem.centres, schedule)
+
+    def member(e):  # member e as a plain predictor f(x_t (B, d), i)
+        return lambda x_t, i: eps(x_t.expand(E, -1, -1), i)[e]
+
+    split = problem.splits.member
+    test0 = problem.test[:config.loss_test]
+    for e in range(E):
+        np.testing.assert_allclose(out["test_loss"][e], eps_loss_per_level(member(e), test0, schedule, levels, 11),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(out["emp_distance"][e], empirical_distance_per_level(
+            member(e), split(e), test0, schedule, levels, 11), rtol=1e-3, atol=1e-9)  # memorisers: ~0
+    # training points: member e's points repeated to loss_train, noise rows e*loss_train.. of one stacked draw
+    own = torch.stack([problem.splits.data[e, torch.arange(config.loss_train) % problem.splits.counts[e]]
+                       for e in range(E)])
+    stacked = lambda x_t, i: eps(x_t.reshape(E, config.loss_train, d), i).reshape(-1, d)  # noqa: E731
+    np.testing.assert_allclose(out["train_loss"].mean(0), eps_loss_per_level(
+        stacked, own.reshape(-1, d), schedule, levels, 12), rtol=1e-5)
+    for j, i in enumerate(levels):  # the exact denoiser of the data law as the reference
+        a, s = schedule.coefficients(i)
+        x_t = a * test0.double() + s * fixed_noise(config.loss_test, d, i, 11)
+        model_x0 = (x_t - s * eps(x_t.float().expand(E, -1, -1), i).double()) / a
+        np.testing.assert_allclose(out["exact_distance"][:, j], denoiser_distance(
+            model_x0, problem.law.posterior_mean(x_t, a, s)), rtol=1e-3)
+    # DDIM samples: copies, nearest distance, KL and log-likelihood
+    mem = sample(eps, schedule, (E, config.mem_samples, d), method="ddim", steps=config.mem_steps, heun=False,
+                 clip_x0=None, noise=probe.mem_noise)
+    for e in range(E):
+        for t, k in enumerate(config.thresholds):
+            fraction = memorization_fraction(mem[e], split(e), threshold=k, n_boot=10)
+            assert out["copies"][e, t] == round(fraction.value * config.mem_samples)
+        assert out["nn_distance"][e] == pytest.approx(float(nearest_neighbours(mem[e], split(e), k=1)[0].median()),
+                                                      rel=1e-6)
+        assert out["kl"][e] == kl_to_density(mem[e].double(), problem.law.log_prob)
+        assert out["log_likelihood"][e] == mean_log_likelihood(mem[e].double(), problem.law.log_prob)
+    assert (out["copies"][:E // 2, 0] > 0).all()  # the memorising members copy: the counts are tested
+    # coupled ancestral samples: floor, cross-split similarity and own- vs other-split gap, per group and pair
+    draw = lambda noise: sample(eps, schedule, (E, config.split_samples, d), method="ancestral",  # noqa: E731
+                                steps=config.split_steps, clip_x0=None, noise=noise)
+    coupled, independent = draw(probe.split_noise), draw(probe.floor_noise)
+    for e in range(E):
+        assert out["floor"][e] == pytest.approx(float(paired_similarity(coupled[e], independent[e]).mean()), rel=1e-12)
+    K = config.splits
+    for n_pos in range(len(config.ns)):
+        ids = [config.member(0, n_pos, k) for k in range(K)]
+        pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+        ordered = [(i, j) for i in range(K) for j in range(K) if i != j]
+        np.testing.assert_allclose(out["similarity"][0, n_pos], [
+            float(paired_similarity(coupled[ids[i]], coupled[ids[j]]).mean()) for i, j in pairs], rtol=1e-6)
+        gaps = [split_similarity(coupled[ids[i]], split(ids[i]), split(ids[j]))["gap"] for i, j in ordered]
+        assert out["delta_nn"][0, n_pos] == pytest.approx(np.mean(gaps), rel=1e-6, abs=1e-7)
+        on = lambda x: eps(x.expand(E, -1, -1), config.score_index)  # noqa: E731
+        train_sim = [denoiser_similarity(on(probe.score_train[ids[i]])[ids[i]], on(probe.score_train[ids[i]])[ids[j]])
+                     for i, j in ordered]
+        test_sim = [denoiser_similarity(on(probe.score_test)[ids[i]], on(probe.score_test)[ids[j]]) for i, j in ordered]
+        assert out["score_train"][0, n_pos] == pytest.approx(np.mean(train_sim), rel=1e-6)
+        assert out["score_test"][0, n_pos] == pytest.approx(np.mean(test_sim), rel=1e-6)
