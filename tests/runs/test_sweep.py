@@ -238,7 +238,7 @@ def test_bad_sweep_files(tmp_path, text, needle):
 
 
 def test_registry_lists_names_and_imports_lazily():
-    assert {"theory", "staircase", "scaling", "images", "memorization", "diagnose", "exponents",
+    assert {"theory", "staircase", "staircase_cell", "scaling", "images", "memorization", "diagnose", "exponents",
             "recovery"} == set(EXPERIMENTS)
     with pytest.raises(ConfigError, match="experiment must be one of theory, staircase, .*, exponents, recovery"):
         get_experiment("nope")

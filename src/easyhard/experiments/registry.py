@@ -47,6 +47,7 @@ from easyhard._validate import ConfigError
 REGISTRY: dict[str, str] = {
     "theory": "easyhard.experiments.theory_report:THEORY",
     "staircase": "easyhard.experiments.staircase:STAIRCASE",
+    "staircase_cell": "easyhard.experiments.staircase:STAIRCASE_CELL",
     "scaling": "easyhard.experiments.scaling:SCALING",
     "images": "easyhard.experiments.images:IMAGES",
     "memorization": "easyhard.experiments.memorization:MEMORIZATION",

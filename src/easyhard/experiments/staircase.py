@@ -222,14 +222,27 @@ def acceptance(cells: list[dict], config: StaircaseConfig) -> dict:
     return {"checks": checks, "all_pass": all(v for cell in checks.values() for v in cell.values())}
 
 
+def run_staircase_cell(config: StaircaseConfig, ctx: RunContext | None = None) -> dict:
+    """One (coupling, d) cell as an experiment of its own: ``config`` holds one dimension and one coupling."""
+    if len(config.dims) != 1 or len(config.couplings) != 1:
+        raise ConfigError(f"a staircase cell has one d and one coupling (got dims={config.dims}, "
+                          f"couplings={config.couplings})")
+    return run_cell(config, config.dims[0], config.couplings[0])
+
+
+def cell_configs(config: StaircaseConfig) -> list[tuple[str, StaircaseConfig]]:
+    """Every (coupling, d) cell as (label, one-cell config), in report order; cells are independent (their
+    seeds depend on base_seed, d and the coupling only), so they may run anywhere (RunContext.run_cells)."""
+    return [(f"{coupling} d={d}", replace(config, dims=(d,), couplings=(coupling,)))
+            for coupling in config.couplings for d in config.dims]
+
+
 def run_staircase(config: StaircaseConfig, ctx: RunContext | None = None) -> dict:
-    """All (coupling, d) cells; returns a JSON-ready dict with the acceptance checks (progress: SGD steps
-    per member)."""
-    progress = None if ctx is None else ctx.progress
-    cells = []
-    for coupling in config.couplings:
-        theory = CouplingTheory.of(config, coupling)
-        cells += [run_cell(config, d, coupling, theory, progress) for d in config.dims]
+    """All (coupling, d) cells through ``ctx``'s cell runner (finished ones reused from OUT/staircase_cells);
+    returns a JSON-ready dict with the acceptance checks (progress: one unit per cell)."""
+    jobs = cell_configs(config)
+    metrics = (ctx or RunContext()).run_cells("staircase_cell", jobs, subdir="staircase_cells")
+    cells = [metrics[label] for label, _ in jobs]
     return {"config": {**asdict(config)}, "cells": cells, "acceptance": acceptance(cells, config)}
 
 
@@ -274,4 +287,7 @@ STAIRCASE = Experiment(
              Option("--steps-per-d", "steps_per_d", "SGD steps per member, in units of d"),
              Option("--engine", "engine", "online-SGD engine: auto, numba or torch"),
              Option("--device", "device", "cpu, cuda or auto")),
-    summary=summarize_staircase, total=lambda config: config.total_member_steps() // config.seeds)
+    summary=summarize_staircase, total=lambda config: len(config.dims) * len(config.couplings))
+
+STAIRCASE_CELL = Experiment("staircase_cell", StaircaseConfig, run_staircase_cell,
+                            "one (coupling, d) cell of the staircase (dims and couplings of length one)")
