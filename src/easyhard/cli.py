@@ -5,6 +5,8 @@ Bad input exits with code 2 and one line on stderr naming the parameter; no trac
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -24,7 +26,6 @@ def _flag(name: str) -> str:
 def _settings_options(cls, only: tuple[str, ...] | None = None):
     """Click options generated from a settings dataclass: ``--beta-u`` for the field beta_u, with the field's
     type, default and ``metadata["help"]`` (``only``: a subset of the fields, in declaration order)."""
-    import dataclasses
     import typing
 
     hints = typing.get_type_hints(cls)
@@ -39,19 +40,24 @@ def _settings_options(cls, only: tuple[str, ...] | None = None):
     return decorate
 
 
-def _settings(cls, values: dict):
-    """``cls`` from the command-line values of its fields; an error names the option (``--beta-u``)."""
-    import dataclasses
-
-    names = [f.name for f in dataclasses.fields(cls)]
+@contextlib.contextmanager
+def _option_errors(names):
+    """Errors that start with a field name name its option instead (``n_boot`` -> ``--n-boot``)."""
     try:
-        return cls(**{name: values.pop(name) for name in names if name in values})
+        yield
     except ConfigError as err:
         message = str(err)
         for name in names:
-            if message.startswith(name + " "):
+            if message.startswith((name + " ", name + ":")):
                 message = _flag(name) + message[len(name):]
         raise ConfigError(message) from None
+
+
+def _settings(cls, values: dict):
+    """``cls`` from the command-line values of its fields; an error names the option (``--beta-u``)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    with _option_errors(names):
+        return cls(**{name: values.pop(name) for name in names if name in values})
 
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -413,46 +419,23 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
     (n, ...) per file, values as stored). Reports f_mem (d1/d2 < k) with intervals, nearest-neighbour
     distances and, with --test, the own- versus other-split similarity gap.
     """
-    from easyhard._validate import check_int_at_least
-    from easyhard.data.folders import load_tensor_folder
-    from easyhard.experiments.diagnose import (check_inputs, check_thresholds, subsample, threshold_label,
-                                               write_diagnosis)
-    from easyhard.experiments.diagnose import diagnose as run_diagnosis
+    from easyhard.experiments.diagnose import DiagnoseConfig, run_diagnose, summarize_diagnose, write_diagnosis
     from easyhard.runs.io import environment_info
 
     start = time.perf_counter()
-    thresholds = check_thresholds(_parse_thresholds(thresholds))
-    check_int_at_least("--n-boot", n_boot, 10)
-    if max_samples is not None:
-        check_int_at_least("--max-samples", max_samples, 1)
-    samples = load_tensor_folder(samples_dir, "--samples")
-    train = load_tensor_folder(train_dir, "--train")
-    test = None if test_dir is None else load_tensor_folder(test_dir, "--test")
-    n_loaded = len(samples)
-    check_inputs(samples, train, test)
-    samples, subset = subsample(samples, max_samples, seed)
-    click.echo(f"diagnose: {len(samples)} samples of shape {tuple(samples.shape[1:])} against {len(train)} train"
-               + ("" if test is None else f" and {len(test)} test") + " points", err=True)
-    result = run_diagnosis(samples, train, test, thresholds, n_boot, seed)
-    result["inputs"]["samples"]["loaded"] = n_loaded
-    if subset is not None:
-        for row in result["closest"]:
-            row["sample"] = int(subset[row["sample"]])
-    config = {"command": "diagnose", "samples": str(samples_dir), "train": str(train_dir),
-              "test": None if test_dir is None else str(test_dir), "thresholds": list(thresholds), "n_boot": n_boot,
-              "seed": seed, "max_samples": max_samples}
-    paths = write_diagnosis(out_dir, result, config, environment_info())
-    main_t = result["settings"]["main_threshold"]
-    for m in result["memorization"]:
-        click.echo(f"f_mem(d1/d2 < {threshold_label(m['threshold'])}) = {m['value']:.4f} "
-                   f"[{m['interval'][0]:.4f}, {m['interval'][1]:.4f}], Wilson upper {m['wilson_upper']:.4f}"
-                   + ("  <- main" if m["threshold"] == main_t and len(thresholds) > 1 else ""))
-    if result["split"] is not None:
-        gap = result["split"]["gap"]
-        click.echo(f"own - other NN similarity gap (train vs test, {result['split']['subset_size']} each) = "
-                   f"{gap['value']:.4f} [{gap['interval'][0]:.4f}, {gap['interval'][1]:.4f}]")
-    for flag in result["flags"]:
-        click.echo(f"flag {flag['id']}: {flag['message']}")
+    values = {"samples": samples_dir, "train": train_dir, "test": test_dir, "thresholds": _parse_thresholds(thresholds),
+              "n_boot": n_boot, "seed": seed, "max_samples": max_samples}
+    with _option_errors(values):
+        config = DiagnoseConfig(**values)
+        result = run_diagnose(config)
+    inputs = result["inputs"]
+    click.echo(f"diagnose: {inputs['samples']['n']} samples of shape {tuple(inputs['samples']['shape'])} against "
+               f"{inputs['train']['n']} train" + ("" if test_dir is None else f" and {inputs['test']['n']} test")
+               + " points", err=True)
+    command = {"command": "diagnose", **{k: (list(v) if isinstance(v, tuple) else v)
+                                         for k, v in dataclasses.asdict(config).items()}}
+    paths = write_diagnosis(out_dir, result, command, environment_info())
+    click.echo("\n".join(summarize_diagnose(result)))
     click.echo(f"report: {paths['report']} (wrote {len(paths)} files in {time.perf_counter() - start:.1f} s)")
 
 

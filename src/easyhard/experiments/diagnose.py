@@ -30,6 +30,7 @@ recorded as 0 and counted as a copy, as in :func:`easyhard.metrics.memorization.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 
 from easyhard._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from easyhard._validate import ConfigError, check_int_at_least
+from easyhard.experiments.registry import Experiment, RunContext
 from easyhard.metrics import (
     bootstrap_mean, copies_from_distances, distance_ratio, fraction_with_interval, nearest_neighbours,
     nearest_similarity, threshold_label)
@@ -238,15 +240,85 @@ def _flags(result: dict, main_t: float) -> list[dict]:
     return flags
 
 
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """A diagnosis: the folders of samples, training data and (optional) test data (PNG/JPEG, .npy or .pt;
+    :func:`easyhard.data.load_tensor_folder`), the d1/d2 thresholds, bootstrap resamples, the seed of the
+    bootstrap and of the subsets, and an optional cap on the number of samples (a seeded random subset)."""
+
+    samples: str = ""
+    train: str = ""
+    test: str | None = None
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    n_boot: int = 1000
+    seed: int = 0
+    max_samples: int | None = None
+
+    def __post_init__(self):
+        for name in ("samples", "train"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must name a folder of samples / training data (got nothing)")
+        object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
+        check_int_at_least("n_boot", self.n_boot, 10)
+        check_int_at_least("seed", self.seed, 0)
+        if self.max_samples is not None:
+            check_int_at_least("max_samples", self.max_samples, 1)
+
+
+def run_diagnose(config: DiagnoseConfig, ctx: RunContext | None = None) -> dict:
+    """Load the folders, check them, subsample, and :func:`diagnose`; the closest samples keep their index in
+    the loaded folder and ``inputs.samples.loaded`` counts the samples read."""
+    from easyhard.data.folders import load_tensor_folder
+
+    samples = load_tensor_folder(config.samples, "samples")
+    train = load_tensor_folder(config.train, "train")
+    test = None if config.test is None else load_tensor_folder(config.test, "test")
+    n_loaded = len(samples)
+    check_inputs(samples, train, test)
+    samples, subset = subsample(samples, config.max_samples, config.seed)
+    result = diagnose(samples, train, test, config.thresholds, config.n_boot, config.seed)
+    result["inputs"]["samples"]["loaded"] = n_loaded
+    if subset is not None:
+        for row in result["closest"]:
+            row["sample"] = int(subset[row["sample"]])
+    return result
+
+
+def report_diagnose(result: dict, out: Path) -> tuple[list[str], str]:
+    """The diagnosis figure and the Markdown report."""
+    from easyhard.report.diagnose import diagnosis_figure, render_diagnosis
+
+    atomic_write_bytes(Path(out) / FIGURE, diagnosis_figure(result))
+    return [FIGURE], render_diagnosis(result, FIGURE)
+
+
+def summarize_diagnose(result: dict) -> list[str]:
+    """f_mem at each threshold with its interval, the split-similarity gap and the flags."""
+    main_t = result["settings"]["main_threshold"]
+    several = len(result["memorization"]) > 1
+    lines = [f"f_mem(d1/d2 < {threshold_label(m['threshold'])}) = {m['value']:.4f} "
+             f"[{m['interval'][0]:.4f}, {m['interval'][1]:.4f}], Wilson upper {m['wilson_upper']:.4f}"
+             + ("  <- main" if m["threshold"] == main_t and several else "") for m in result["memorization"]]
+    if result["split"] is not None:
+        gap = result["split"]["gap"]
+        lines.append(f"own - other NN similarity gap (train vs test, {result['split']['subset_size']} each) = "
+                     f"{gap['value']:.4f} [{gap['interval'][0]:.4f}, {gap['interval'][1]:.4f}]")
+    return lines + [f"flag {flag['id']}: {flag['message']}" for flag in result["flags"]]
+
+
+DIAGNOSE = Experiment("diagnose", DiagnoseConfig, run_diagnose,
+                      "memorisation diagnostics of any model's samples against its training (and test) data",
+                      report=report_diagnose, summary=summarize_diagnose)
+
+
 def write_diagnosis(out_dir: str | Path, result: dict, config: dict, environment: dict) -> dict[str, Path]:
     """results.json (result and ``environment``), report.md, run.json (config and environment) and the figure,
     each written atomically; returns the paths by role. The caller supplies the environment metadata
     (:func:`easyhard.runs.io.environment_info`)."""
-    from easyhard.report.diagnose import diagnosis_figure, render_diagnosis
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return {"figure": atomic_write_bytes(out / FIGURE, diagnosis_figure(result)),
+    files, report = report_diagnose(result, out)
+    return {"figure": out / files[0],
             "results": atomic_write_json(out / "results.json", {**result, "environment": environment}),
             "run": atomic_write_json(out / "run.json", {"config": config, **environment}),
-            "report": atomic_write_text(out / "report.md", render_diagnosis(result, FIGURE))}
+            "report": atomic_write_text(out / "report.md", report)}
