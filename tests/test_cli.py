@@ -118,6 +118,13 @@ def test_reproduce_quick_writes_theory_and_staircase(tmp_path, capsys):
     assert {"scaling_laws.png", "scaling_collapse.png", "scaling_phase.png"} <= files
     assert "kappa (95% CI)" in out and "## Sample-complexity laws" in report
     assert len(list((out_dir / "cells").glob("*.json"))) == len(scaling.profile("smoke").all_cells())
+    # `easyhard report` rebuilds the same report (and every figure) from results.json alone
+    figures = [p for p in out_dir.iterdir() if p.suffix == ".png"]
+    for path in [out_dir / "report.md", *figures]:
+        path.unlink()
+    code, _, err = _run(capsys, "report", str(out_dir))
+    assert code == 0, err
+    assert (out_dir / "report.md").read_text() == report and all(p.exists() for p in figures)
 
 
 def test_reproduce_rejects_bad_dims(capsys, tmp_path):
