@@ -17,8 +17,8 @@ from easyhard.diffusion.samplers import sample
 from easyhard.experiments.memorization import (
     SMOKE, MemorizationConfig, analyse, evaluate, make_probe, make_problem, raw_denoiser, run_memorization)
 from easyhard.metrics import (
-    denoiser_distance, denoiser_similarity, empirical_distance_per_level, eps_loss_per_level, fixed_noise, kl_to_density,
-    mean_log_likelihood, memorization_fraction, nearest_neighbours, paired_similarity, split_similarity)
+    denoiser_distance, denoiser_similarity, empirical_distance_per_level, eps_loss_per_level, fixed_noise,
+    kl_to_density, mean_log_likelihood, memorization_fraction, nearest_neighbours, paired_similarity, split_similarity)
 from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
 from easyhard.oracles.empirical import empirical_denoiser
 from easyhard.train.ensemble import EnsembleTrainConfig

@@ -203,3 +203,22 @@ def test_nearest_similarity_is_the_best_standardised_cosine():
 
 def test_threshold_labels():
     assert [threshold_label(t) for t in (1 / 3, 0.25, 0.5, 0.2000001, 0.3)] == ["1/3", "1/4", "1/2", "1/5", "0.3"]
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_member_axis_search_is_each_members_own_search(metric):
+    """Members batched through all pairs, or one by one through the blockwise search (explicit chunk): each
+    member's answer is the one without the member axis, to the bit."""
+    train, samples = _gauss(5 * 40, 7, 50).reshape(5, 40, 7), _gauss(5 * 30, 7, 51).reshape(5, 30, 7)
+    train[2, 3] = train[2, 9]  # a tie inside one member
+    samples[2, 0] = train[2, 9]
+    for chunk in (None, 6):
+        dist, idx = nearest_neighbours(samples, train, k=3, metric=metric, chunk=chunk, ensemble=True)
+        assert dist.shape == idx.shape == (5, 30, 3)
+        for e in range(5):
+            d_e, i_e = nearest_neighbours(samples[e], train[e], k=3, metric=metric)
+            assert torch.equal(dist[e], d_e) and torch.equal(idx[e], i_e)
+    assert idx[2, 0, :2].tolist() == [3, 9]
+    assert torch.equal(nearest_similarity(samples, train, ensemble=True)[4], nearest_similarity(samples[4], train[4]))
+    with pytest.raises(ConfigError, match="same number of members"):
+        nearest_neighbours(samples, train[:4], ensemble=True)

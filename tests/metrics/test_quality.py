@@ -146,3 +146,19 @@ def test_knn_divergence_against_closed_forms_and_copies():
     assert knn_divergence(train.repeat(10, 1), ref) == float("inf")
     near = train.repeat(10, 1) + 1e-4 * torch.randn(160, d, generator=gen, dtype=torch.float64)
     assert knn_divergence(near, ref) > 10
+
+
+def test_member_axis_gives_each_members_estimate_with_one_density_call():
+    mix = random_mixture(d=3, components=2, seed=5)
+    samples = mix.sample(4 * 60, torch.Generator().manual_seed(6)).reshape(4, 60, 3)
+    samples[1, 1] = samples[1, 0]  # a duplicate: that member's KL is infinite
+    calls = []
+    log_prob = lambda x: calls.append(len(x)) or mix.log_prob(x)  # noqa: E731
+    kl = kl_to_density(samples, log_prob, ensemble=True)
+    ll = mean_log_likelihood(samples, log_prob, ensemble=True)
+    assert calls == [240, 240] and kl.shape == ll.shape == (4,) and kl[1] == math.inf
+    for e in range(4):
+        assert kl[e] == kl_to_density(samples[e], mix.log_prob)
+        assert ll[e] == pytest.approx(mean_log_likelihood(samples[e], mix.log_prob), rel=1e-14)
+    with pytest.raises(ConfigError, match="rows per member"):
+        kl_to_density(samples[:, :1], mix.log_prob, ensemble=True)

@@ -325,9 +325,12 @@ def _by_level(x: Tensor, levels: int) -> Tensor:
 
 def _copies(samples: Tensor, splits: Splits, thresholds: tuple[float, ...]) -> tuple[Tensor, Tensor]:
     """Copies per member and threshold (E, len(thresholds)) and the median nearest-neighbour distance (E,) of
-    samples (E, M, d) to each member's own split (exact distances, :func:`~easyhard.metrics.nearest_neighbours`;
-    copies by :func:`~easyhard.metrics.copies_from_distances`)."""
-    dist = torch.stack([nearest_neighbours(samples[e], splits.member(e), k=2)[0] for e in range(len(splits.counts))])
+    samples (E, M, d) to each member's own split (exact distances, :func:`~easyhard.metrics.nearest_neighbours`
+    over the members of each n at once; copies by :func:`~easyhard.metrics.copies_from_distances`)."""
+    dist = torch.zeros(*samples.shape[:2], 2, dtype=torch.float64)
+    for n in splits.counts.unique().tolist():
+        ids = torch.nonzero(splits.counts == n)[:, 0]
+        dist[ids] = nearest_neighbours(samples[ids], splits.data[ids, :n], k=2, ensemble=True)[0]
     copies = torch.stack([copies_from_distances(dist, k).sum(-1) for k in thresholds], -1)
     return copies, dist[..., 0].median(-1).values.float()
 
@@ -361,9 +364,8 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
                  clip_x0=None, noise=probe.mem_noise).cpu()
     out["copies"], out["nn_distance"] = _copies(mem, splits, config.thresholds)
     if problem.law is not None:  # k-NN estimate of KL(q || p) with the exact log-density
-        out["kl"] = torch.tensor([kl_to_density(x, problem.law.log_prob) for x in mem.double()], dtype=torch.float64)
-        out["log_likelihood"] = torch.tensor([mean_log_likelihood(x, problem.law.log_prob) for x in mem.double()],
-                                             dtype=torch.float64)
+        out["kl"] = kl_to_density(mem.double(), problem.law.log_prob, ensemble=True)
+        out["log_likelihood"] = mean_log_likelihood(mem.double(), problem.law.log_prob, ensemble=True)
     else:  # held-out-referenced k-NN estimate of KL(q || p)
         out["kl"] = torch.tensor([knn_divergence(x, problem.test.double()) for x in mem.double()])
     # coupled ancestral samples: cross-split similarity, its noise floor, own- vs other-split similarity
@@ -388,11 +390,12 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     for ids in groups:
         first, second = [ids[i] for i, _ in pairs], [ids[j] for _, j in pairs]
         similarity.append(paired_similarity(coupled[first], coupled[second], ensemble=True).mean(-1).tolist())
-        # nn[i][j]: similarity of model i's samples to their nearest point of split j; the gap of split_similarity
-        # for (samples of i, own split i, other split j) is mean(nn[i][i] - nn[i][j]), each search done once
-        nn = [[nearest_similarity(coupled[ids[i]], splits.member(ids[j])) for j in range(config.splits)]
-              for i in range(config.splits)]
-        delta_nn.append(float(np.mean([float((nn[i][i] - nn[i][j]).mean()) for i, j in ordered])))
+        # nn[i, j]: similarity of model i's samples to their nearest point of split j (all K^2 searches at once);
+        # the gap of split_similarity for (samples of i, own split i, other split j) is mean(nn[i, i] - nn[i, j])
+        models, references = zip(*itertools.product(ids, repeat=2))
+        nn = nearest_similarity(coupled[list(models)], splits.data[list(references), :int(splits.counts[ids[0]])],
+                                ensemble=True).reshape(config.splits, config.splits, -1)
+        delta_nn.append(float(np.mean([float((nn[i, i] - nn[i, j]).mean()) for i, j in ordered])))
         a_pos = [i for i, _ in ordered]  # ordered pairs (A, B): both models on A's training inputs
         a_ids, b_ids = [ids[i] for i in a_pos], [ids[j] for _, j in ordered]
         on_train = denoiser_similarity(eps_train[a_ids, a_pos], eps_train[b_ids, a_pos], ensemble=True)

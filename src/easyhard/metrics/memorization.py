@@ -9,20 +9,21 @@ broken by the smaller training index. The float32 selection is certified per sam
 round-off bound: a sample whose candidates might miss a point at or below its k-th exact distance is
 searched again, keeping every training point whose float32 value lies within the bound of that
 distance. The result is therefore the float64 brute-force answer, and chunked and unchunked searches
-give identical results.
+give identical results. Small problems (samples x training x dimension <= 2^22, no ``chunk`` given) skip
+the search: every pair's float64 distance is computed at once, the same answer to the bit.
 
 The memorisation fraction (Yoon et al. 2023; Gu et al. 2023 [prior]): a sample is a copy when the
 ratio of its distances to the nearest and the second-nearest training point is below a threshold
 (default 1/3); f_mem is the fraction of copies, with a percentile bootstrap interval over samples
 (:mod:`easyhard.metrics.bootstrap`).
 
-Similarities (docs/theory/generalization.md section 5) use phi(x) = (x - mean x) / ||x - mean x||, the per-image
-standardisation: the nearest-neighbour similarity of samples to a split, the paired similarity of two
-models' samples driven by the same noise, and the cosine similarity of two denoisers' outputs.
+Similarities (docs/theory/generalization.md section 5) use phi(x) = (x - mean x) / ||x - mean x||, the
+per-image standardisation: the nearest-neighbour similarity of samples to a split, the paired similarity of
+two models' samples driven by the same noise, and the cosine similarity of two denoisers' outputs.
 
-Ensembles: functions marked so take ``ensemble=True`` for inputs with a leading member axis, (E, n, ...)
-instead of (n, ...), and return one value per member; distances and copy indicators broadcast over any
-leading axes.
+Ensembles: :func:`standardize`, :func:`paired_similarity` and :func:`denoiser_similarity` take
+``ensemble=True`` for inputs with a leading member axis, (E, n, ...) instead of (n, ...), and return one
+value per member; :func:`copies_from_distances` and :func:`distance_ratio` broadcast over any leading axes.
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ def _flat(name: str, x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
     return x.reshape(*x.shape[:lead], -1).to(torch.float64)
 
 
-def _flat_view(name: str, x: torch.Tensor) -> torch.Tensor:
-    """(n, d) view of ``x`` (on the CPU) in its own dtype: no float64 copy of the whole tensor."""
-    if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
-        raise ConfigError(f"{name} must be a tensor of shape (n, ...) with n >= 1")
-    return x.detach().cpu().reshape(len(x), -1)
+def _flat_view(name: str, x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
+    """(n, d) view of ``x`` (on the CPU) in its own dtype: no float64 copy of the whole tensor (``ensemble``:
+    (E, n, ...) -> (E, n, d))."""
+    lead = 2 if ensemble else 1
+    if not isinstance(x, torch.Tensor) or x.ndim < lead + 1 or 0 in x.shape[:lead]:
+        shape = "(E, n, ...) with E, n >= 1" if ensemble else "(n, ...) with n >= 1"
+        raise ConfigError(f"{name} must be a tensor of shape {shape}")
+    return x.detach().cpu().reshape(*x.shape[:lead], -1)
 
 
 def standardize(x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
@@ -77,9 +81,9 @@ def standardize(x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
 
 
 def _rows64(x: torch.Tensor, metric: str, sel: slice | torch.Tensor) -> torch.Tensor:
-    """Float64 rows ``x[sel]`` of a flattened input (standardised for the cosine metric)."""
+    """Float64 rows ``x[sel]`` of a flattened input (n, d) or (E, n, d) (standardised for the cosine metric)."""
     rows = x[sel].to(torch.float64)
-    return standardize(rows) if metric == "cosine" else rows
+    return standardize(rows, rows.ndim == 3) if metric == "cosine" else rows
 
 
 def _rows32(x: torch.Tensor, metric: str, lo: int, hi: int) -> torch.Tensor:
@@ -100,7 +104,7 @@ def _exact_sq(q64: torch.Tensor, b: torch.Tensor, metric: str, rows: torch.Tenso
 
 
 def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, metric: str = "l2",
-                       chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk: int | None = None, ensemble: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances (m, k), indices (m, k)) of the k nearest training points of every sample.
 
     metric "l2": Euclidean distances; "cosine": the per-image-standardised cosine similarity, returned
@@ -109,17 +113,31 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, m
     128 MiB float32 budget). Exact in float64 (the float64 brute-force answer), ties to the smaller
     index; independent of ``chunk``. The inputs are not copied: peak memory is the inputs plus about
     three blocks.
+
+    ``ensemble``: samples (E, m, ...) and train (E, n, ...), the samples of member e against its own training
+    set: (distances (E, m, k), indices (E, m, k)), for each member the answer without the member axis (small
+    problems: members batched, all pairs at once).
     """
     check_choice("metric", metric, METRICS)
     k = check_int_at_least("k", k, 1)
-    a, b = _flat_view("samples", samples), _flat_view("train", train)
-    m, n, d = len(a), len(b), a.shape[1]
-    if b.shape[1] != d:
-        raise ConfigError(f"samples and train must have the same dimension (got {d} and {b.shape[1]})")
+    a, b = _flat_view("samples", samples, ensemble), _flat_view("train", train, ensemble)
+    m, n, d = a.shape[-2], b.shape[-2], a.shape[-1]
+    if b.shape[-1] != d:
+        raise ConfigError(f"samples and train must have the same dimension (got {d} and {b.shape[-1]})")
     if k > n:
         raise ConfigError(f"k must be at most the number of training points {n} (got {k})")
+    if ensemble:
+        if len(a) != len(b):
+            raise ConfigError(f"samples and train must have the same number of members (got {len(a)} and {len(b)})")
+        if chunk is not None or m * n * d > _ALL_PAIRS:
+            pairs = [nearest_neighbours(a[e], b[e], k, metric, chunk) for e in range(len(a))]
+            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        step = max(1, _ALL_PAIRS // (m * n * d))  # members per batch of all pairs
+        parts = [_all_pairs(_rows64(a[e:e + step], metric, slice(None)), _rows64(b[e:e + step], metric, slice(None)), k)
+                 for e in range(0, len(a), step)]
+        return _from_squared(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), metric)
     if chunk is None and m * n * d <= _ALL_PAIRS:
-        return _from_squared(*_all_pairs(a, b, k, metric), metric)
+        return _from_squared(*_all_pairs(_rows64(a, metric, slice(None)), _rows64(b, metric, slice(None)), k), metric)
     keep = min(n, k + _EXTRA)
     chunk = chunk or max(keep, _BLOCK // max(1, min(m, 4096)))
     check_int_at_least("chunk", chunk, 1)
@@ -186,12 +204,13 @@ def _from_squared(sq: torch.Tensor, idx: torch.Tensor, metric: str) -> tuple[tor
     return dist, idx
 
 
-def _all_pairs(a: torch.Tensor, b: torch.Tensor, k: int, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k nearest (squared distances (m, k), indices (m, k)) from the float64 differences of all pairs, ties
-    to the smaller index (a stable sort): the brute force itself, for problems of at most ``_ALL_PAIRS``."""
-    diff = _rows64(a, metric, slice(None))[:, None, :] - _rows64(b, metric, slice(None))[None, :, :]
-    sq, idx = diff.mul_(diff).sum(-1).sort(dim=1, stable=True)
-    return sq[:, :k], idx[:, :k]
+def _all_pairs(a: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest (squared distances (..., m, k), indices (..., m, k)) of float64 rows a (..., m, d) among
+    b (..., n, d), from the differences of all pairs, ties to the smaller index (a stable sort): the brute
+    force itself, for problems of at most ``_ALL_PAIRS`` elements."""
+    diff = a[..., :, None, :] - b[..., None, :, :]
+    sq, idx = diff.mul_(diff).sum(-1).sort(dim=-1, stable=True)
+    return sq[..., :k], idx[..., :k]
 
 
 def _research(q64: torch.Tensor, q: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, metric: str, search64: bool,
@@ -309,10 +328,12 @@ def memorization_fraction(samples: torch.Tensor, train: torch.Tensor, threshold:
     return fraction_with_interval(copies_from_distances(dist, threshold), threshold, n_boot, level, seed)
 
 
-def nearest_similarity(samples: torch.Tensor, reference: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def nearest_similarity(samples: torch.Tensor, reference: torch.Tensor, chunk: int | None = None,
+                       ensemble: bool = False) -> torch.Tensor:
     """s_j = max_y phi(x_j) . phi(y) over the reference set: each sample's similarity (per-image-standardised
-    cosine) to its nearest reference point (:func:`nearest_neighbours`, metric "cosine"), float64 (m,)."""
-    return nearest_neighbours(samples, reference, k=1, metric="cosine", chunk=chunk)[0][:, 0]
+    cosine) to its nearest reference point (:func:`nearest_neighbours`, metric "cosine"), float64 (m,)
+    (``ensemble``: samples (E, m, ...) against references (E, n, ...) -> (E, m))."""
+    return nearest_neighbours(samples, reference, k=1, metric="cosine", chunk=chunk, ensemble=ensemble)[0][..., 0]
 
 
 def split_similarity(samples: torch.Tensor, own: torch.Tensor, other: torch.Tensor,

@@ -82,27 +82,54 @@ def _log_probs(samples: Tensor, log_prob: Callable[[Tensor], Tensor]) -> Tensor:
     return values
 
 
-def mean_log_likelihood(samples: Tensor, log_prob: Callable[[Tensor], Tensor]) -> float:
-    """(1/m) sum_j log p(x_j) for samples (m, d); ``log_prob`` maps (m, d) -> (m,)."""
+def _member_log_probs(samples: Tensor, log_prob: Callable[[Tensor], Tensor], min_rows: int) -> tuple[Tensor, Tensor]:
+    """Samples (E, m, d) of E models -> (float64 samples (E, m, d), log p (E, m)), ``log_prob`` called once on
+    all E m points."""
+    if not isinstance(samples, Tensor) or samples.ndim != 3 or samples.shape[0] < 1:
+        shape = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
+        raise ConfigError(f"samples must be a tensor of shape (E, m, d) (got {shape})")
+    E, m, d = samples.shape
+    if m < min_rows:
+        raise ConfigError(f"samples must have at least {min_rows} rows per member (got {m})")
+    flat = _check_samples(samples.reshape(E * m, d), 1)
+    return flat.reshape(E, m, d), _log_probs(flat, log_prob).reshape(E, m)
+
+
+def mean_log_likelihood(samples: Tensor, log_prob: Callable[[Tensor], Tensor], ensemble: bool = False
+                        ) -> float | Tensor:
+    """(1/m) sum_j log p(x_j) for samples (m, d); ``log_prob`` maps (m, d) -> (m,). ``ensemble``: samples
+    (E, m, d) of E models (``log_prob`` called once on all of them) -> float64 (E,)."""
+    if ensemble:
+        return _member_log_probs(samples, log_prob, 1)[1].mean(-1)
     samples = _check_samples(samples, 1)
     return float(_log_probs(samples, log_prob).mean())
 
 
-def kl_to_density(samples: Tensor, log_prob: Callable[[Tensor], Tensor], k: int = 1) -> float:
-    """KL_hat(q || p) = -H_hat(q) - (1/m) sum_j log p(x_j), H_hat the k-NN entropy (:func:`knn_entropy`).
-
-    samples: (m, d) draws from q, m >= k + 1; ``log_prob`` maps (m, d) -> (m,). Returns nats;
-    ``inf`` when samples coincide (H_hat = -inf) or fall where log p = -inf. Unbiased only as
-    m -> infinity; the O(m^{-1/d}) bias grows with d, so compare estimates at equal m and d.
-    """
-    samples = _check_samples(samples, k + 1)
-    entropy = knn_entropy(samples, k)
-    cross = float(_log_probs(samples, log_prob).mean())
+def _kl(entropy: float, cross: float) -> float:
+    """-H_hat - E_q log p, ``inf`` when either term says the samples coincide or fall where p = 0."""
     if entropy == -math.inf or cross == -math.inf:
         return math.inf
     if math.isnan(cross) or cross == math.inf:
         raise ConfigError(f"log_prob must return finite values or -inf (mean was {cross})")
     return -entropy - cross
+
+
+def kl_to_density(samples: Tensor, log_prob: Callable[[Tensor], Tensor], k: int = 1, ensemble: bool = False
+                  ) -> float | Tensor:
+    """KL_hat(q || p) = -H_hat(q) - (1/m) sum_j log p(x_j), H_hat the k-NN entropy (:func:`knn_entropy`).
+
+    samples: (m, d) draws from q, m >= k + 1; ``log_prob`` maps (m, d) -> (m,). Returns nats;
+    ``inf`` when samples coincide (H_hat = -inf) or fall where log p = -inf. Unbiased only as
+    m -> infinity; the O(m^{-1/d}) bias grows with d, so compare estimates at equal m and d.
+    ``ensemble``: samples (E, m, d) of E models, each its own estimate (``log_prob`` called once on all
+    of them) -> float64 (E,).
+    """
+    if ensemble:
+        members, log_p = _member_log_probs(samples, log_prob, k + 1)
+        return torch.tensor([_kl(knn_entropy(x, k), float(c)) for x, c in zip(members, log_p.mean(-1))],
+                            dtype=torch.float64)
+    samples = _check_samples(samples, k + 1)
+    return _kl(knn_entropy(samples, k), float(_log_probs(samples, log_prob).mean()))
 
 
 def knn_divergence(samples: Tensor, reference: Tensor, k: int = 1) -> float:
