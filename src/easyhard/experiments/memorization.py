@@ -32,6 +32,7 @@ similarity peak tau_split (searched among checkpoints whose test loss has fallen
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Callable
@@ -42,8 +43,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
+from easyhard._validate import ConfigError, check_choice, check_device, check_int_at_least, check_positive
 from easyhard.diffusion import DDPMSchedule
+from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.diffusion.samplers import SamplerNoise, sample
 from easyhard.metrics import (
     bootstrap_replicates, bootstrap_scaling, copies_from_distances, denoiser_distance, denoiser_similarity, eps_loss,
@@ -119,8 +121,7 @@ class MemorizationConfig:
             raise ConfigError(f"at least two of ns = {self.ns} must be >= fit_min_n = {self.fit_min_n}")
         if not 0 < self.threshold < 1 or any(not 0 < k < 1 for k in self.thresholds):
             raise ConfigError(f"threshold and thresholds must lie in (0, 1) (got {self.threshold}, {self.thresholds})")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigError(f"device must be cpu or cuda[:N] (got {self.device!r})")
+        check_device("device", self.device)
         if self.threshold not in self.thresholds:
             raise ConfigError(f"threshold {self.threshold} must be one of thresholds {self.thresholds}")
         if not 0 < self.mem_level < 1 or not 0 < self.peak_fraction < 1:
@@ -158,7 +159,7 @@ def profile(name: str) -> MemorizationConfig:
     check_choice("profile", name, ("quick", "smoke", "full"))
     if name == "full":
         return MemorizationConfig(data="patches", ns=(64, 128, 256, 512, 1024), fit_min_n=64, width=512, depth=4,
-                                  n_test=8000, mem_samples=2000, split_samples=512, device="cuda",
+                                  n_test=8000, mem_samples=2000, split_samples=512, device="auto",
                                   train=EnsembleTrainConfig(steps=100_000, batch_size=256, lr=3e-4, checkpoints=40))
     return QUICK if name == "quick" else SMOKE
 
@@ -572,3 +573,53 @@ def _checks(config: MemorizationConfig, result: dict, tau_main: np.ndarray, fit_
                           "slope(tau_loss) - slope(tau_split) >= 0.5", result["window_slope"] >= 0.5),
     }
     return {k: {"value": v, "criterion": c, "passed": bool(p)} for k, (v, c, p) in checks.items()}
+
+
+
+# ========================================================================================== experiment
+def _run(config: MemorizationConfig, ctx: RunContext | None = None) -> dict:
+    """:func:`run_memorization` in ``ctx.out_dir / "memorization"`` (progress: training steps); the results
+    carry the config."""
+    ctx = ctx or RunContext()
+    if ctx.out_dir is None:
+        raise ConfigError("the memorization experiment needs an output folder for its training state")
+    results = run_memorization(config, Path(ctx.out_dir) / "memorization", ctx.progress)
+    return {**results, "config": config.to_dict()}
+
+
+def report_memorization(results: dict, out: Path) -> tuple[list[str], str]:
+    """The memorisation, timescale, sample-split and denoiser figures and the Markdown section."""
+    from easyhard.report.memorization import (
+        plot_denoisers, plot_memorization, plot_split, plot_timescales, render_memorization)
+
+    figures = {"memorisation fraction against steps and steps / n":
+               plot_memorization(results, out / "memorization_fmem.png").name,
+               "timescales against n": plot_timescales(results, out / "memorization_timescales.png").name,
+               "cross-split similarity, its floor and the test loss":
+               plot_split(results, out / "memorization_split.png").name,
+               "distance to the empirical and exact denoisers; train/test gap per level":
+               plot_denoisers(results, out / "memorization_denoisers.png").name}
+    return list(figures.values()), render_memorization(results, figures)
+
+
+def summarize_memorization(results: dict) -> list[str]:
+    """Each check, the tau_mem power law and whether all checks pass."""
+    lines = [f"{name}: {'pass' if check['passed'] else 'FAIL'} ({check['criterion']})"
+             for name, check in results["checks"].items()]
+    fit = results["fits"][str(results["config"]["threshold"])]
+    if "kappa" in fit:
+        lines.append("tau_mem ~ n^{:.2f} [{:.2f}, {:.2f}]".format(fit["kappa"], *fit["interval"]))
+    return lines + [f"memorization checks pass: {all(c['passed'] for c in results['checks'].values())}"]
+
+
+MEMORIZATION = Experiment(
+    "memorization", MemorizationConfig, _run,
+    "memorisation onset against n and the sample-split similarity peak before the test-loss minimum",
+    profiles={name: functools.partial(profile, name) for name in ("smoke", "quick", "full")},
+    report=report_memorization,
+    options=(Option("--data", "data", "mixture, patches or cifar10"),
+             Option("--data-dir", "data_dir", "CIFAR-10 Python batches"),
+             Option("--steps", "train.steps", "training steps"),
+             Option("--seeds", "seeds", "seeds per n"),
+             Option("--device", "device", "cpu, cuda or auto")),
+    summary=summarize_memorization, total=lambda config: config.train.steps)
