@@ -50,23 +50,24 @@ _U32 = 2.0**-24  # unit round-off of float32
 _U64 = 2.0**-53  # unit round-off of float64
 
 
-def _flat(name: str, x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
-    """(n, ...) -> (n, d) float64, or with ``ensemble`` (E, n, ...) -> (E, n, d)."""
+def _items(name: str, x: torch.Tensor, ensemble: bool) -> torch.Tensor:
+    """Items (n, ...) -> (n, d), or with ``ensemble`` (E, n, ...) -> (E, n, d): a view in x's dtype and device."""
     lead = 2 if ensemble else 1
     if not isinstance(x, torch.Tensor) or x.ndim < lead + 1 or 0 in x.shape[:lead]:
         shape = "(E, n, ...) with E, n >= 1" if ensemble else "(n, ...) with n >= 1"
         raise ConfigError(f"{name} must be a tensor of shape {shape}")
-    return x.reshape(*x.shape[:lead], -1).to(torch.float64)
+    return x.reshape(*x.shape[:lead], -1)
+
+
+def _flat(name: str, x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
+    """(n, ...) -> (n, d) float64, or with ``ensemble`` (E, n, ...) -> (E, n, d)."""
+    return _items(name, x, ensemble).to(torch.float64)
 
 
 def _flat_view(name: str, x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
     """(n, d) view of ``x`` (on the CPU) in its own dtype: no float64 copy of the whole tensor (``ensemble``:
     (E, n, ...) -> (E, n, d))."""
-    lead = 2 if ensemble else 1
-    if not isinstance(x, torch.Tensor) or x.ndim < lead + 1 or 0 in x.shape[:lead]:
-        shape = "(E, n, ...) with E, n >= 1" if ensemble else "(n, ...) with n >= 1"
-        raise ConfigError(f"{name} must be a tensor of shape {shape}")
-    return x.detach().cpu().reshape(*x.shape[:lead], -1)
+    return _items(name, x, ensemble).detach().cpu()
 
 
 def standardize(x: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
@@ -209,7 +210,10 @@ def _all_pairs(a: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     b (..., n, d), from the differences of all pairs, ties to the smaller index (a stable sort): the brute
     force itself, for problems of at most ``_ALL_PAIRS`` elements."""
     diff = a[..., :, None, :] - b[..., None, :, :]
-    sq, idx = diff.mul_(diff).sum(-1).sort(dim=-1, stable=True)
+    sq = diff.mul_(diff).sum(-1)
+    if k == 1:  # min returns the first of equal minima
+        return sq.min(-1, keepdim=True)
+    sq, idx = sq.sort(dim=-1, stable=True)
     return sq[..., :k], idx[..., :k]
 
 
