@@ -82,3 +82,18 @@ def test_every_option_resumes_exactly_and_an_interrupted_measurement_is_repeated
                     (tmp_path / "a", tmp_path / "b"))
     assert all(torch.equal(a, b) for a, b in zip(ema_a.parameters(), ema_b.parameters()))
     assert not torch.equal(ema_a.weights[0], whole.weights[0])  # the EMA is not the model
+
+
+def test_a_state_of_another_format_is_refused_in_one_line(tmp_path):
+    """A state without the scheduler (the ensemble trainer's earlier format) is refused, not half-loaded."""
+    from easyhard._io import load_tensors, save_tensors
+    from easyhard._validate import ConfigError
+    from easyhard.train import STATE_FILE
+
+    with pytest.raises(_Stop):
+        _ensemble_run(tmp_path, stop_at=8)
+    tensors, meta = load_tensors(tmp_path / STATE_FILE)
+    del tensors["scheduler"]
+    save_tensors(tmp_path / STATE_FILE, tensors, meta)
+    with pytest.raises(ConfigError, match="cannot be resumed .*KeyError.*delete it to start over"):
+        _ensemble_run(tmp_path, resume=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,13 +185,17 @@ def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], sche
     state = read_state(state_path, loop.identity, resume)
     if state is not None:
         tensors, meta = state
-        model.load_state_dict(tensors["model"])
-        if ema is not None:
-            ema.load_state_dict(tensors["ema"])
-        opt.load_state_dict(tensors["optimizer"])
-        sched.load_state_dict(tensors["scheduler"])
-        gen.set_state(tensors["generator"])
-        step, log = int(meta["step"]), meta["log"]
+        try:
+            model.load_state_dict(tensors["model"])
+            if ema is not None:
+                ema.load_state_dict(tensors["ema"])
+            opt.load_state_dict(tensors["optimizer"])
+            sched.load_state_dict(tensors["scheduler"])
+            gen.set_state(tensors["generator"])
+            step, log = int(meta["step"]), meta["log"]
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:  # an older format or a damaged file
+            raise ConfigError(f"{state_path} cannot be resumed ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:120]}); delete it to start over") from None
 
     def checkpoint(at: int) -> None:
         if on_checkpoint is not None:
