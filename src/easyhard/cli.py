@@ -303,7 +303,11 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
             raise ConfigError("--address needs --backend ray")
         _run_job(experiments, configs, out_dir, cells, profile)
 
-    doc = "; ".join(f"{name}: {e.description}" for name, e in experiments.items())
+    from easyhard.experiments.registry import names as registered
+
+    doc = "; ".join(f"{name}: {e.description}" for name, e in experiments.items()) + (
+        f". One experiment: easyhard reproduce NAME [OPTIONS], NAME one of {', '.join(registered())}."
+        if len(experiments) > 1 else ".")
     return click.Command(prog, params=params, callback=callback, help=doc,
                          context_settings={"help_option_names": ["-h", "--help"]})
 
