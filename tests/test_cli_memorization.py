@@ -13,12 +13,11 @@ def _run(capsys, *argv):
     return code, out, err
 
 
-def test_reproduce_memorization_writes_report_figures_and_resumes(tmp_path, capsys, monkeypatch):
+def test_reproduce_memorization_writes_report_figures_and_resumes(tmp_path, capsys):
     from easyhard.experiments import memorization
 
-    monkeypatch.setattr(memorization, "profile", lambda name: memorization.SMOKE)
     out_dir = tmp_path / "out"
-    code, out, _ = _run(capsys, "reproduce", "memorization", "--quick", "--out", str(out_dir))
+    code, out, _ = _run(capsys, "reproduce", "memorization", "--profile", "smoke", "--out", str(out_dir))
     assert code == 0 and "memorization checks pass:" in out
     files = {p.name for p in out_dir.iterdir()}
     assert {"report.md", "results.json", "run.json", "memorization_fmem.png", "memorization_timescales.png",
@@ -28,9 +27,9 @@ def test_reproduce_memorization_writes_report_figures_and_resumes(tmp_path, caps
     report = (out_dir / "report.md").read_text()
     assert "## Memorisation and biased generalisation" in report and "memorization_split.png" in report
     run = json.loads((out_dir / "run.json").read_text())
-    assert run["config"]["memorization"]["ns"] == list(memorization.SMOKE.ns) and run["device"]
+    assert run["config"]["configs"]["memorization"]["ns"] == list(memorization.SMOKE.ns) and run["device"]
     # a second run finds the finished training and only re-analyses: identical numbers
-    code, _, _ = _run(capsys, "reproduce", "memorization", "--quick", "--out", str(out_dir))
+    code, _, _ = _run(capsys, "reproduce", "memorization", "--profile", "smoke", "--out", str(out_dir))
     assert code == 0 and json.loads((out_dir / "results.json").read_text())["memorization"] == results
 
 
@@ -44,6 +43,6 @@ def test_reproduce_memorization_rejects_bad_options(tmp_path, capsys):
 def test_reproduce_memorization_rejects_bad_counts_and_devices(tmp_path, capsys):
     for args, message in ((("--seeds", "0"), "seeds must be an integer >= 1"),
                           (("--steps", "5"), "first must be below steps = 5"),
-                          (("--device", "tpu"), "device must be cpu or cuda")):
+                          (("--device", "tpu"), "device must be auto, cpu, cuda or cuda:N")):
         code, _, err = _run(capsys, "reproduce", "memorization", *args, "--out", str(tmp_path / "o"))
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
