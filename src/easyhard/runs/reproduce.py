@@ -8,6 +8,7 @@ from the JSON text it just wrote, so :func:`rebuild_report` on ``OUT`` gives the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,8 +36,9 @@ def run_experiments(jobs: Sequence[tuple[str, Any]], out_dir: str | Path, cells:
     results = {}
     for name, config in jobs:
         experiment = get_experiment(name)
-        ctx = RunContext(out_dir=out, cells=cells,
-                         progress=progress(name, config) if progress is not None else RunContext.progress)
+        ctx = RunContext(out_dir=out, cells=cells)
+        if progress is not None:
+            ctx = dataclasses.replace(ctx, progress=progress(name, config))
         results[name] = experiment.run(config, ctx)
     return results
 
