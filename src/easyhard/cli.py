@@ -14,7 +14,7 @@ import time
 import click
 
 from easyhard._validate import ConfigError
-from easyhard.experiments._text import fmt_num, text_table
+from easyhard.experiments._text import fmt_num, parse_dims, text_table
 from easyhard.runs.cells import CellsFailed
 from easyhard.theory.problem import MCMSettings, NeuronSettings
 from easyhard.train.online import DivergenceError
@@ -66,13 +66,6 @@ _time_option = _settings_options(NeuronSettings, ("t",))
 _neuron_options = _settings_options(NeuronSettings, ("activation", "a_out", "skip"))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    return text_table(header, rows)
-
-
-_num = fmt_num
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="easyhard")
 def cli():
@@ -99,10 +92,10 @@ def exponents(k_max, alpha_u_learned, as_json, **problem):
         click.echo(json.dumps({"model": model.to_dict() | {"d": None}, "neuron": neuron.to_dict(), "hermite_f": f,
                                "directions": {k: e.to_dict() for k, e in result.items()}}))
         return
-    rows = [[k, _num(e.exponent, "d"), _num(e.slope, ".3f"), e.term or "-", _num(e.coefficient), e.samples, e.step,
-             "" if e.conditional_on is None else f"alpha_u = {e.conditional_on['alpha_u']}"]
+    rows = [[k, fmt_num(e.exponent, "d"), fmt_num(e.slope, ".3f"), e.term or "-", fmt_num(e.coefficient), e.samples,
+             e.step, "" if e.conditional_on is None else f"alpha_u = {e.conditional_on['alpha_u']}"]
             for k, e in result.items()]
-    click.echo(_table(["dir", "k*", "slope", "leading term", "coefficient", "samples", "step", "given"], rows))
+    click.echo(text_table(["dir", "k*", "slope", "leading term", "coefficient", "samples", "step", "given"], rows))
     click.echo("Hermite f_k(t): " + ", ".join(f"f{k}={v:.4g}" for k, v in enumerate(f)))
 
 
@@ -120,7 +113,7 @@ def oracle_mse(as_json, **problem):
         click.echo(json.dumps(result))
         return
     rows = [[k, f"{r['bayes']:.6f}", f"{r['linear']:.6f}", f"{r['linear'] - r['bayes']:.6f}"] for k, r in result.items()]
-    click.echo(_table(["dir", "bayes", "linear (Wiener)", "gain"], rows))
+    click.echo(text_table(["dir", "bayes", "linear (Wiener)", "gain"], rows))
 
 
 @cli.command()
@@ -144,7 +137,7 @@ def calibrate(as_json, direction, zeta, eps, dims, k_max, threshold, **problem):
     model, neuron = mcm.model(), settings.neuron(mcm)
     if zeta is not None and eps is not None:
         raise ConfigError("--zeta and --eps are mutually exclusive (zeta = k |c_k| / (eps G^2))")
-    dims = [check_int_at_least("--dims", d, 8) for d in _parse_dims(dims)]
+    dims = [check_int_at_least("--dims", d, 8) for d in parse_dims(dims)]
     result = calibrate_step(model, neuron, direction, zeta, eps, k_max, threshold)
     rows = [result.at_dimension(d) for d in dims]
     warnings = list(result.warnings) + [r["warning"] for r in rows if r["warning"]]
@@ -157,47 +150,23 @@ def calibrate(as_json, direction, zeta, eps, dims, k_max, threshold, **problem):
                f"({'attractive' if result.attractive else 'repelled'}), G^2 = {result.G2:.4g}, "
                f"R = G^2/c_{k}^2 = {result.R:.4g}")
     click.echo(f"zeta = {result.zeta:.4g}, eps = {result.eps:.4g}: {result.step_formula}")
-    click.echo(f"T*(zeta) = {_num(result.t_star)}, n_med/d^{k - 1} = {_num(result.n_med_coefficient)}; "
+    click.echo(f"T*(zeta) = {fmt_num(result.t_star)}, n_med/d^{k - 1} = {fmt_num(result.n_med_coefficient)}; "
                f"barrier s_c = {result.barrier:.3g}, threshold {result.threshold:g} needs d >= {result.min_dimension}")
-    click.echo(_table(["d", "step eta", "n_med", f"n_med/d^{k - 1}"],
-                      [[r["d"], f"{r['step']:.4g}", _num(r["n_med"], ".4g"),
-                        _num(None if r["n_med"] is None else r["n_med"] / r["d"] ** (k - 1))] for r in rows]))
+    click.echo(text_table(["d", "step eta", "n_med", f"n_med/d^{k - 1}"],
+                          [[r["d"], f"{r['step']:.4g}", fmt_num(r["n_med"], ".4g"),
+                            fmt_num(None if r["n_med"] is None else r["n_med"] / r["d"] ** (k - 1))] for r in rows]))
     for warning in warnings:
         click.echo(f"warning: {warning}")
 
 
-def _parse_dims(dims: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in dims.split(","))
-    except ValueError:
-        raise ConfigError(f"--dims must be comma-separated integers >= 8 (got {dims!r})") from None
-
-
 # ----- reproduce: a command generated from the experiment registry ------------------------------------------
-
-def _field_hint(experiment, key: str):
-    """The type hint of a (dotted) config field, or None when unknown (make_config then names the field)."""
-    import typing
-
-    cls = experiment.config_cls
-    for part in key.split("."):
-        try:
-            hint = typing.get_type_hints(cls).get(part)
-        except Exception:
-            return None
-        if hint is None:
-            return None
-        cls = hint
-    return cls
-
 
 def _value(experiment, key: str, text: str):
     """A command-line value for field ``key``: the text itself for string fields, else read as TOML."""
-    from easyhard.experiments.registry import _allowed_types
+    from easyhard.experiments.registry import field_types
     from easyhard.runs import parse_value
 
-    allowed = _allowed_types(_field_hint(experiment, key)) or ()
-    if str in allowed and text.lower() not in ("none", "null"):
+    if str in field_types(experiment, key) and text.lower() not in ("none", "null"):
         return text
     return parse_value(text)
 
@@ -378,7 +347,7 @@ def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, t
     if dry_run:
         swept = list(spec.grid)
         rows = [[run.run_id, *(str(run.swept[k]) for k in swept), state] for run, state in plan]
-        click.echo(_table(["run_id", *swept, "state"], rows))
+        click.echo(text_table(["run_id", *swept, "state"], rows))
         click.echo(f"{len(plan)} runs of {spec.experiment}: {n_done} done, {len(plan) - n_done} to run")
         return
     check_table_extra()

@@ -1,6 +1,9 @@
-"""Plain-text tables for the lines an experiment prints after a run (its ``summary``)."""
+"""Plain text of the command line: tables for the lines an experiment prints after a run (its ``summary``),
+and the parsing of comma-separated dimensions."""
 
 from __future__ import annotations
+
+from easyhard._validate import ConfigError
 
 
 def text_table(header: list[str], rows: list[list]) -> str:
@@ -16,3 +19,12 @@ def text_table(header: list[str], rows: list[list]) -> str:
 def fmt_num(x, spec: str = ".4g") -> str:
     """``x`` formatted with ``spec``; "-" for None."""
     return "-" if x is None else format(x, spec)
+
+
+def parse_dims(text: str) -> tuple[int, ...]:
+    """``"64,128"`` -> (64, 128); ConfigError naming ``--dims`` for anything else (the range is checked by
+    the config)."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--dims must be comma-separated integers >= 8 (got {text!r})") from None

@@ -278,6 +278,19 @@ def _qualify(cls: type, key: str, hints: Mapping[str, Any] | None = None) -> str
     return f"{owners[0]}.{key}" if len(owners) == 1 else key
 
 
+def field_types(experiment, key: str) -> tuple[type, ...]:
+    """The scalar types the field ``key`` admits (dotted, or a sub-field by its own name); () when the field is
+    unknown or not a scalar (make_config then names the problem)."""
+    cls = experiment.config_cls
+    hint = None
+    for part in qualified_field(experiment, key).split("."):
+        hint = _hints(cls).get(part)
+        if hint is None:
+            return ()
+        cls = hint
+    return _allowed_types(hint) or ()
+
+
 def qualified_field(experiment, key: str) -> str:
     """The dotted name that ``key`` sets in the experiment's config (``beta_v`` -> ``mcm.beta_v``)."""
     return _qualify(experiment.config_cls, key)

@@ -20,7 +20,7 @@ import torch
 
 from easyhard._validate import ConfigError, check_choice, check_device, check_int_at_least, check_positive
 from easyhard.data import MixedCumulantModel
-from easyhard.experiments._text import fmt_num, text_table
+from easyhard.experiments._text import fmt_num, parse_dims, text_table
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.metrics import aligned_fraction, sustained_recovery
 from easyhard.models import Committee
@@ -271,18 +271,11 @@ def summarize_staircase(results: dict) -> list[str]:
             "", f"staircase checks pass: {results['acceptance']['all_pass']}"]
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--dims must be comma-separated integers >= 8 (got {text!r})") from None
-
-
 STAIRCASE = Experiment(
     "staircase", StaircaseConfig, run_staircase,
     "online SGD of the single neuron: u learned first, v only with sign-coupled latents",
     profiles={name: functools.partial(profile, name) for name in PROFILES}, report=report_staircase,
-    options=(Option("--dims", "dims", "comma-separated dimensions d (>= 8)", _ints),
+    options=(Option("--dims", "dims", "comma-separated dimensions d (>= 8)", parse_dims),
              Option("--seeds", "seeds", "seeds (ensemble members) per cell"),
              Option("--steps-per-d", "steps_per_d", "SGD steps per member, in units of d"),
              Option("--engine", "engine", "online-SGD engine: auto, numba or torch"),
