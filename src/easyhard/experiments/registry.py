@@ -89,12 +89,15 @@ def _no_progress(advance: int = 1, label: str | None = None) -> None:
 @dataclass(frozen=True)
 class RunContext:
     """What a run may use besides its config: ``out_dir`` for resumable state (None: keep nothing),
-    ``progress`` and ``cells`` (the runner of independent cells; default: in this process, one by one)."""
+    ``progress`` and ``cells`` (the runner of independent cells; default: in this process, one by one).
+    ``restart``: discard saved training state that cannot be used (corrupted, from another config) and start
+    over, instead of stopping with an error that names the file."""
 
     out_dir: Path | None = None
     progress: Progress = _no_progress
     cells: CellRunner | None = None
     checkpoint: Path | None = None  # where a single resumable computation keeps its state
+    restart: bool = False
 
     def run_cells(self, experiment: str, cells: Sequence[tuple[str, Any]], subdir: str = "cells") -> dict[str, dict]:
         """Results of ``cells`` (label, config of ``experiment``), cached under ``out_dir/subdir``."""

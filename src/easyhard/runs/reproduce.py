@@ -26,17 +26,18 @@ TITLE = "# easyhard reproduction report"
 
 
 def run_experiments(jobs: Sequence[tuple[str, Any]], out_dir: str | Path, cells: CellRunner | None = None,
-                    progress: Callable[[str, Any], Progress] | None = None) -> dict[str, dict]:
+                    progress: Callable[[str, Any], Progress] | None = None, restart: bool = False) -> dict[str, dict]:
     """Run each (experiment name, config) with ``OUT`` as its working folder; returns results by name.
 
     ``progress(name, config)`` gives the progress callback of one experiment; ``cells`` runs the independent
-    cells of the experiments that have them (default: in this process).
+    cells of the experiments that have them (default: in this process); ``restart`` is passed on in the
+    :class:`~easyhard.experiments.registry.RunContext`.
     """
     out = Path(out_dir)
     results = {}
     for name, config in jobs:
         experiment = get_experiment(name)
-        ctx = RunContext(out_dir=out, cells=cells)
+        ctx = RunContext(out_dir=out, cells=cells, restart=restart)
         if progress is not None:
             ctx = dataclasses.replace(ctx, progress=progress(name, config))
         results[name] = experiment.run(config, ctx)
