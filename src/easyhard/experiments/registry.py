@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from easyhard._io import canonical_json  # noqa: F401  (re-exported: sweeps hash configs with it)
 from easyhard._validate import ConfigError
 
 #: experiment name -> "module:attribute" of its :class:`Experiment`; resolved lazily
@@ -419,11 +420,6 @@ def _jsonable(name: str, value: Any) -> Any:
 def config_to_dict(config) -> dict[str, Any]:
     """The config as a JSON-able dict (tuples become lists), in field order: what config.json records."""
     return {f.name: _jsonable(f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
-
-
-def canonical_json(data: Any) -> str:
-    """Canonical JSON text (sorted keys, no spaces, exact float reprs) used to hash run configs."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 # ----- cells -----------------------------------------------------------------------------------------------
