@@ -59,6 +59,51 @@ def check_int_at_least(name: str, value: int, low: int) -> int:
     return int(value)
 
 
+#: the largest seed accepted anywhere (NumPy's and torch's generators take seeds in [0, 2^63))
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(name: str, value: int) -> int:
+    """A seed: an integer in [0, 2^63 - 1]."""
+    value = check_int_at_least(name, value, 0)
+    if value > MAX_SEED:
+        raise ConfigError(f"{name} must be an integer in [0, 2^63 - 1] (got {value})")
+    return value
+
+
+def check_distinct(name: str, values: Iterable) -> tuple:
+    """The values, refused if one repeats (the same cell would run twice)."""
+    values = tuple(values)
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if repeated:
+        raise ConfigError(f"{name} must not repeat a value (got {', '.join(map(str, repeated))} more than once)")
+    return values
+
+
+#: the most bootstrap resamples accepted: beyond 10^6 the Monte-Carlo error of a 95% percentile interval
+#: (about 0.1% of its width at 10^6) is far below the sampling error it describes
+MAX_BOOT = 10**6
+
+
+def check_n_boot(name: str, value: int, low: int = 10) -> int:
+    """A bootstrap resample count in [low, 10^6]."""
+    value = check_int_at_least(name, value, low)
+    if value > MAX_BOOT:
+        raise ConfigError(f"{name} must be an integer in [{low}, {MAX_BOOT}] (got {value})")
+    return value
+
+
+def check_workers(name: str, value: int) -> int:
+    """A number of worker processes in [1, 4 x the CPU count]."""
+    import os
+
+    bound = 4 * (os.cpu_count() or 1)
+    value = check_int_at_least(name, value, 1)
+    if value > bound:
+        raise ConfigError(f"{name} must be an integer in [1, {bound}] (4 x the {os.cpu_count()} CPUs; got {value})")
+    return value
+
+
 def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if value not in choices:
@@ -74,6 +119,49 @@ def check_device(name: str, value: str, allow_auto: bool = True) -> str:
     if not isinstance(value, str) or not (re.fullmatch(r"cpu|cuda(:\d+)?", value) or (allow_auto and value == "auto")):
         raise ConfigError(f"{name} must be {allowed} (got {value!r})")
     return value
+
+
+def check_device_available(name: str, value: str) -> str:
+    """A resolved device that this machine has: "cpu", or "cuda"/"cuda:N" when torch sees that GPU."""
+    check_device(name, value, allow_auto=False)
+    if value == "cpu":
+        return value
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"{name} {value}: this machine has no CUDA device ({why}); use cpu or auto")
+    index = int(value.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"{name} must be cpu, cuda or cuda:N with N in [0, {count - 1}] on this machine "
+                          f"(got {value!r})")
+    return value
+
+
+def check_out_dir(name: str, path) -> "Path":
+    """An output folder that exists and is writable, or can be created (its nearest existing ancestor is a
+    writable folder). Nothing is created here: the run creates it when it starts writing."""
+    import os
+    from pathlib import Path
+
+    if path is None or not str(path).strip():
+        raise ConfigError(f"{name} must name a folder (got {'' if path is None else str(path)!r})")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{name} {path} exists and is not a folder")
+    existing = folder if folder.exists() else next(p for p in folder.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{name} {path} cannot be created: {existing} is a file, not a folder")
+    import tempfile
+
+    try:  # os.access is not enough: root passes it on read-only mounts and in /proc
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".easyhard-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{name} {path}: {existing} is not writable ({err.strerror or err})") from None
+    return folder
 
 
 def resolve_device(value: str) -> str:

@@ -42,14 +42,18 @@ def _settings_options(cls, only: tuple[str, ...] | None = None):
 
 @contextlib.contextmanager
 def _option_errors(names):
-    """Errors that start with a field name name its option instead (``n_boot`` -> ``--n-boot``)."""
+    """Errors that start with a field name name its option instead (``n_boot`` -> ``--n-boot``); ``names``: field
+    names, or a mapping of field names to their options."""
+    flags = dict(names) if isinstance(names, dict) and all(isinstance(v, str) and v.startswith("--")
+                                                           for v in names.values()) else {n: _flag(n) for n in names}
     try:
         yield
     except ConfigError as err:
         message = str(err)
-        for name in names:
+        for name, flag in sorted(flags.items(), key=lambda item: -len(item[0])):
             if message.startswith((name + " ", name + ":")):
-                message = _flag(name) + message[len(name):]
+                message = flag + message[len(name):]
+                break
         raise ConfigError(message) from None
 
 
@@ -66,10 +70,15 @@ _time_option = _settings_options(NeuronSettings, ("t",))
 _neuron_options = _settings_options(NeuronSettings, ("activation", "a_out", "skip"))
 
 
+_DEBUG = {"on": False}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="easyhard")
-def cli():
+@click.option("--debug", is_flag=True, help="print the full traceback of an unexpected error")
+def cli(debug):
     """easyhard: how diffusion models learn data statistics, from easy to hard."""
+    _DEBUG["on"] = debug
 
 
 @cli.command()
@@ -197,7 +206,7 @@ def _profile(profile: str | None, quick: bool, full: bool) -> str | None:
     return chosen[0] if chosen else None
 
 
-def _run_job(experiments: dict, configs: dict, out_dir: str, cells, profile: str | None) -> None:
+def _run_job(experiments: dict, configs: dict, out_dir: str, cells, profile: str | None, restart: bool) -> None:
     """Run each experiment with a progress bar, print its summary, then write results, run.json and report."""
     from easyhard.runs.reproduce import run_command, run_experiments, write_outputs
 
@@ -208,12 +217,39 @@ def _run_job(experiments: dict, configs: dict, out_dir: str, cells, profile: str
         length = experiment.total(config) if experiment.total is not None else None
         with click.progressbar(length=length, label=name, file=sys.stderr, item_show_func=lambda x: x) as bar:
             results |= run_experiments([(name, config)], out_dir, cells,
-                                       lambda *_: (lambda advance=1, label=None: bar.update(advance, label)))
+                                       lambda *_: (lambda advance=1, label=None: bar.update(advance, label)),
+                                       restart=restart)
         if experiment.summary is not None:
             click.echo("\n".join(experiment.summary(results[name])))
     jobs = [(name, configs[name]) for name in experiments]
     paths = write_outputs(out_dir, results, {**run_command(jobs, profile), "argv": ["easyhard", *sys.argv[1:]]})
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - start:.1f} s")
+
+
+def _checked_configs(experiments: dict, profile: str | None, values: dict, flags: dict, force: bool) -> dict:
+    """Each experiment's config, validated before any work: fields (errors name the option where one sets the
+    field), the device this machine has, and the memory and time it would take (refused above the bounds of
+    :mod:`easyhard.experiments.resources` unless ``force``)."""
+    from easyhard._validate import check_device_available
+    from easyhard.experiments.registry import build_config
+    from easyhard.experiments.resources import check_resources
+
+    configs = {}
+    with _option_errors(flags | {"device": "--device"}):
+        for name, experiment in experiments.items():
+            config = configs[name] = build_config(experiment, profile, values[name])
+            if isinstance(getattr(config, "device", None), str):
+                check_device_available("device", config.device)
+    for name, config in configs.items():
+        if experiments[name].resources is not None:
+            _announce(check_resources(f"reproduce {name}", experiments[name].resources(config), force), name)
+    return configs
+
+
+def _announce(estimate, what: str) -> None:
+    """Say on stderr what a large run will take (over 10 minutes or 2 GiB), before it starts."""
+    if estimate.seconds > 600 or estimate.memory_bytes > 2 * 2**30:
+        click.echo(f"easyhard: {what}: estimated {estimate.describe()} (rough)", err=True)
 
 
 def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
@@ -232,13 +268,16 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
                                                        "[default: quick]"),
         click.Option(["--quick"], is_flag=True, help="the CPU profile (default)"),
         click.Option(["--full"], is_flag=True, help="the full profile (meant for a GPU)"),
-        click.Option(["--out", "out_dir"], default="easyhard-out", show_default=True,
-                     type=click.Path(file_okay=False), help="output folder"),
+        click.Option(["--out", "out_dir"], default="easyhard-out", show_default=True, help="output folder"),
         click.Option(["--set", "sets"], multiple=True, metavar="FIELD=VALUE",
                      help="set a config field (dotted for nested settings; NAME.FIELD with several experiments)"),
         click.Option(["--backend"], type=click.Choice(["local", "ray"]), default=None,
                      help="run independent cells in local worker processes or on Ray [default: in this process]"),
         click.Option(["--address"], default=None, help="Ray cluster to join (with --backend ray)"),
+        click.Option(["--force"], is_flag=True, help="run even if the estimated memory or time exceeds the bounds"),
+        click.Option(["--restart"], is_flag=True,
+                     help="discard saved training state in OUT that cannot be used (corrupted, another config) "
+                          "and start over [default: stop with an error naming the file]"),
     ]
     for flag, owners in aliases.items():
         option = owners[0][1]
@@ -246,20 +285,23 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
         params.append(click.Option([flag, dest], is_flag=option.is_flag, default=None if not option.is_flag else False,
                                    help=option.help or f"sets {option.field}"))
 
-    def callback(profile, quick, full, out_dir, sets, backend, address, **given):
+    def callback(profile, quick, full, out_dir, sets, backend, address, force, restart, **given):
+        from easyhard._validate import check_out_dir
+
         profile = _profile(profile, quick, full)
+        check_out_dir("--out", out_dir)
         values = _assignments(experiments, sets)
+        flags = {}
         for flag, owners in aliases.items():
             raw = given["alias_" + flag.lstrip("-").replace("-", "_")]
             if raw is None or raw is False:
                 continue
             for name, option in owners:
+                flags[option.field.rpartition(".")[2]] = flag
                 value = True if option.is_flag else (option.parse(raw) if option.parse else
                                                      _value(experiments[name], option.field, raw))
                 values[name].setdefault(option.field, value)
-        from easyhard.experiments.registry import build_config
-
-        configs = {name: build_config(experiments[name], profile, values[name]) for name in experiments}
+        configs = _checked_configs(experiments, profile, values, flags, force)
         if profile == "full" and any(getattr(c, "device", "cuda") == "cpu" for c in configs.values()):
             click.echo("easyhard: warning: the full profile is sized for one GPU; on the CPU it takes hours", err=True)
         cells = None
@@ -270,7 +312,7 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
             cells = BackendCells(make_backend(backend, address=address))
         elif address is not None:
             raise ConfigError("--address needs --backend ray")
-        _run_job(experiments, configs, out_dir, cells, profile)
+        _run_job(experiments, configs, out_dir, cells, profile, restart)
 
     from easyhard.experiments.registry import names as registered
 
@@ -305,10 +347,13 @@ def reproduce(args):
 
 
 @cli.command()
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir")
 def report(out_dir):
     """Rebuild OUT/report.md and every figure from OUT/results.json alone."""
+    from easyhard._validate import check_out_dir
     from easyhard.runs.reproduce import rebuild_report
+
+    check_out_dir("OUT", out_dir)
 
     paths = rebuild_report(out_dir)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -320,8 +365,7 @@ class _SweepFailed(Exception):
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="output folder: runs/<id>/, results.parquet, sweep.json")
+@click.option("--out", "out_dir", required=True, help="output folder: runs/<id>/, results.parquet, sweep.json")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="fix a config field (repeatable)")
 @click.option("--grid", "grids", multiple=True, metavar="FIELD=V1,V2,...",
               help="sweep a config field over these values (repeatable; replaces the file's values)")
@@ -333,14 +377,17 @@ class _SweepFailed(Exception):
               help="GPUs per Ray task [default: 1 if the cluster has GPUs and the config a device field, else 0]")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads per run (0: torch's default)")
 @click.option("--dry-run", is_flag=True, help="list the runs (id, swept values, done or pending) without running")
-def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, threads, dry_run):
+@click.option("--force", is_flag=True, help="run even if the estimated memory or time exceeds the bounds")
+def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, threads, dry_run, force):
     """Run the parameter sweep in the TOML FILE into OUT; runs already done there are skipped.
 
     FILE names the experiment, fixed fields ([base]) and the grid ([grid]); see docs/sweeps.md.
     """
+    from easyhard._validate import check_out_dir
     from easyhard.runs import load_spec, make_backend, parse_grid, parse_set, plan_sweep, run_sweep, with_overrides
     from easyhard.runs.sweep import check_table_extra
 
+    check_out_dir("--out", out_dir)
     spec = with_overrides(load_spec(file), [parse_set(s) for s in sets], [parse_grid(g) for g in grids])
     plan = plan_sweep(spec, out_dir)
     n_done = sum(state == "done" for _, state in plan)
@@ -352,6 +399,8 @@ def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, t
         return
     check_table_extra()
     runner = make_backend(backend, workers=workers, address=address, gpus_per_run=gpus_per_run, threads=threads)
+    _check_sweep_resources(spec.experiment, [run for run, state in plan if state != "done"],
+                           getattr(runner, "workers", None) or 1, force)
     with click.progressbar(length=len(plan) - n_done, label=f"sweep {spec.experiment} ({runner.name})",
                            file=sys.stderr) as bar:
         summary = run_sweep(spec, out_dir, backend=runner, progress=lambda run, result: bar.update(1))
@@ -362,6 +411,22 @@ def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, t
             click.echo(f"easyhard: run {rid} failed: {error}", err=True)
         raise _SweepFailed(f"{len(summary.failed)} of {len(summary.run_ids)} runs failed "
                            f"(see {out_dir}/runs/<id>/status.json; run the command again to retry them)")
+
+
+def _check_sweep_resources(experiment_name: str, runs, workers: int, force: bool) -> None:
+    """The runs to do, estimated together: their time divided among ``workers``, the memory of ``workers`` runs at
+    once (the largest); refused above the bounds unless ``force``."""
+    from easyhard.experiments.registry import get_experiment, make_config
+    from easyhard.experiments.resources import Resources, check_resources
+
+    experiment = get_experiment(experiment_name)
+    if experiment.resources is None or not runs:
+        return
+    estimates = [experiment.resources(make_config(experiment, run.config_dict)) for run in runs]
+    parallel = min(workers, len(runs))
+    _announce(check_resources(f"sweep {experiment_name}", Resources(
+        max(e.memory_bytes for e in estimates) * parallel, sum(e.seconds for e in estimates) / parallel), force),
+        f"sweep {experiment_name}")
 
 
 def _parse_thresholds(text: str) -> tuple[float, ...]:
@@ -378,8 +443,7 @@ def _parse_thresholds(text: str) -> tuple[float, ...]:
 @click.option("--samples", "samples_dir", required=True, help="folder of generated samples (images, .npy or .pt)")
 @click.option("--train", "train_dir", required=True, help="folder of the training data, same format and scale")
 @click.option("--test", "test_dir", default=None, help="folder of held-out data of the same law (optional)")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="output folder: report.md, results.json, run.json, diagnose.png")
+@click.option("--out", "out_dir", required=True, help="output folder: report.md, results.json, run.json, diagnose.png")
 @click.option("--thresholds", default="1/4,1/3,1/2", show_default=True,
               help="d1/d2 thresholds k of the copy test, comma-separated numbers or fractions in (0, 1)")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="bootstrap resamples (>= 10)")
@@ -392,10 +456,12 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
     (n, ...) per file, values as stored). Reports f_mem (d1/d2 < k) with intervals, nearest-neighbour
     distances and, with --test, the own- versus other-split similarity gap.
     """
+    from easyhard._validate import check_out_dir
     from easyhard.experiments.diagnose import DiagnoseConfig, run_diagnose, summarize_diagnose, write_diagnosis
     from easyhard.runs.io import environment_info
 
     start = time.perf_counter()
+    check_out_dir("--out", out_dir)
     values = {"samples": samples_dir, "train": train_dir, "test": test_dir, "thresholds": _parse_thresholds(thresholds),
               "n_boot": n_boot, "seed": seed, "max_samples": max_samples}
     with _option_errors(values):
@@ -412,27 +478,74 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
     click.echo(f"report: {paths['report']} (wrote {len(paths)} files in {time.perf_counter() - start:.1f} s)")
 
 
+def _command_name(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` (for the error line), e.g. "reproduce scaling"."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        return "easyhard"
+    if words[0] == "reproduce" and len(words) > 1 and argv.index(words[1]) == argv.index(words[0]) + 1:
+        return f"easyhard reproduce {words[1]}"
+    return f"easyhard {words[0]}"
+
+
+def _unexpected(argv: list[str], err: BaseException) -> int:
+    """One line for an unexpected error, the full trace in a log file (or on stderr with --debug); exit code 1."""
+    import tempfile
+    import traceback
+
+    command = _command_name(argv)
+    trace = "".join(traceback.format_exception(err))
+    if _DEBUG["on"]:
+        click.echo(trace, err=True, nl=False)
+        where = "traceback above"
+    else:
+        try:
+            fd, path = tempfile.mkstemp(prefix="easyhard-error-", suffix=".log")
+            with open(fd, "w", encoding="utf-8") as fh:
+                fh.write(f"{command}\nargv: {argv}\n\n{trace}")
+            where = f"full trace in {path}; --debug prints it"
+        except OSError:
+            where = "run with --debug for the full trace"
+    message = " ".join(str(err).split())[:300]
+    click.echo(f"{command}: error: {type(err).__name__}{': ' + message if message else ''} ({where})", err=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the click group, mapping bad input to one line on stderr and exit code 2."""
+    """Entry point and the one error boundary of the command line.
+
+    Bad input: one line on stderr naming the parameter, exit code 2. A run that fails (divergence, failed
+    cells or sweep runs): one line, exit code 1. Ctrl-C: one line, exit code 130 (saved state is kept: every
+    checkpoint is written atomically, so the last one is complete). Any other exception: one line naming the
+    command and the error, the full trace in a log file (``--debug`` prints it), exit code 1.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _DEBUG["on"] = False
     try:
         cli.main(args=argv, prog_name="easyhard", standalone_mode=False)
     except ConfigError as err:
-        click.echo(f"easyhard: error: {err}", err=True)
+        click.echo(f"easyhard: error: {' '.join(str(err).split())}", err=True)
         return 2
     except click.UsageError as err:
         click.echo(f"easyhard: error: {' '.join(err.format_message().split())}", err=True)
         return 2
     except click.exceptions.Exit as err:
         return err.exit_code
-    except DivergenceError as err:
-        click.echo(f"easyhard: error: {err}", err=True)
+    except (DivergenceError, _SweepFailed, CellsFailed) as err:
+        click.echo(f"easyhard: error: {' '.join(str(err).split())}", err=True)
         return 1
-    except (_SweepFailed, CellsFailed) as err:
-        click.echo(f"easyhard: error: {err}", err=True)
-        return 1
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt) as err:
+        if isinstance(err, KeyboardInterrupt) or isinstance(err.__cause__, KeyboardInterrupt):
+            click.echo("easyhard: interrupted; finished work and the last checkpoint are kept: run the same "
+                       "command again to resume", err=True)
+            return 130
         click.echo("easyhard: aborted", err=True)
         return 1
+    except click.ClickException as err:
+        click.echo(f"easyhard: error: {' '.join(err.format_message().split())}", err=True)
+        return 1
+    except Exception as err:  # the error boundary: no traceback reaches a user unasked
+        return _unexpected(argv, err)
     return 0
 
 

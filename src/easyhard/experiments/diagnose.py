@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from easyhard._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from easyhard._validate import ConfigError, check_int_at_least
+from easyhard._validate import ConfigError, check_int_at_least, check_n_boot, check_seed
 from easyhard.experiments.registry import Experiment, RunContext
 from easyhard.metrics import (
     bootstrap_mean, copies_from_distances, distance_ratio, fraction_with_interval, nearest_neighbours,
@@ -259,8 +259,8 @@ class DiagnoseConfig:
             if not getattr(self, name):
                 raise ConfigError(f"{name} must name a folder of samples / training data (got nothing)")
         object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
-        check_int_at_least("n_boot", self.n_boot, 10)
-        check_int_at_least("seed", self.seed, 0)
+        check_n_boot("n_boot", self.n_boot)
+        check_seed("seed", self.seed)
         if self.max_samples is not None:
             check_int_at_least("max_samples", self.max_samples, 1)
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
+from easyhard._validate import (ConfigError, check_choice, check_device, check_distinct, check_int_at_least,
+                                check_positive, check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
 
@@ -69,11 +70,15 @@ class ImagesConfig:
         check_choice("model", self.model, ("mlp", "unet"))
         if self.data != "patches" and self.data_dir is None:
             raise ConfigError(f"data {self.data} needs --data-dir (CIFAR-10 Python batches, or a folder of images)")
-        for name in ("n_train", "n_test", "steps", "batch_size", "n_eval", "n_gen", "sampler_steps", "workers"):
+        for name in ("n_train", "n_test", "steps", "batch_size", "n_eval", "n_gen", "sampler_steps"):
             check_int_at_least(name, getattr(self, name), 2 if name == "sampler_steps" else 1)
+        check_workers("workers", self.workers)
         check_positive("lr", self.lr)
+        check_device("device", self.device)
         if not self.seeds:
             raise ConfigError("seeds must hold at least one seed")
+        for seed in check_distinct("seeds", self.seeds):
+            check_seed("seeds", seed)
         for i in self.eval_indices:
             if not 0 <= i < self.T:
                 raise ConfigError(f"eval_indices must lie in [0, {self.T - 1}] (got {i})")
@@ -347,12 +352,36 @@ def summarize_images(results: dict) -> list[str]:
     return lines + [f"image checks pass: {results['checks']['all_pass']}"]
 
 
+#: the most seeds ``--seeds N`` accepts (each trains two arms; larger studies belong in a sweep)
+MAX_SEEDS = 10_000
+
+
 def _seed_count(text: str) -> tuple[int, ...]:
     """``--seeds N``: the seeds 0, ..., N - 1."""
     try:
-        return tuple(range(check_int_at_least("--seeds", int(text), 1)))
+        n = check_int_at_least("--seeds", int(text), 1)
     except ValueError:
-        raise ConfigError(f"--seeds must be an integer >= 1 (got {text!r})") from None
+        n = None
+    if n is None or n > MAX_SEEDS:
+        raise ConfigError(f"--seeds must be an integer in [1, {MAX_SEEDS}] (got {text!r})") from None
+    return tuple(range(n))
+
+
+def images_resources(config: ImagesConfig):
+    """Two arms per seed, each ``steps`` training steps of ``batch_size`` plus, at every evaluation, ``n_gen``
+    samples of ``sampler_steps`` denoiser calls and ``n_eval`` loss inputs
+    (:func:`easyhard.experiments.resources.dense_training`; a U-Net counted as 100 x the MLP's flops);
+    memory: the training and test data (float32) and the generated samples."""
+    from easyhard.experiments.resources import Resources, dense_training, mlp_params
+
+    d = 3 * config.patch_size**2 if config.data == "patches" else 3 * 32 * 32
+    params = mlp_params(d, config.width, config.depth) * (1 if config.model == "mlp" else 100)
+    arms = 2 * len(config.seeds)
+    inputs = config.steps * config.batch_size + len(config.eval_indices) * (
+        config.n_gen * config.sampler_steps / 3 + config.n_eval)  # a forward pass is a third of a step
+    work = dense_training(params, inputs, 1, arms, config.device)
+    data = 4.0 * d * (3 * config.n_train + config.n_test + 4 * config.n_gen)
+    return Resources(work.memory_bytes / arms * min(arms, config.workers) + data, work.seconds / min(arms, config.workers))
 
 
 IMAGES = Experiment(
@@ -365,4 +394,4 @@ IMAGES = Experiment(
              Option("--seeds", "seeds", "number of seeds (each trains a real and a clone arm)", _seed_count),
              Option("--workers", "workers", "arms trained in parallel processes"),
              Option("--device", "device", "cpu, cuda or auto")),
-    summary=summarize_images, total=lambda config: 2 * len(config.seeds))
+    summary=summarize_images, total=lambda config: 2 * len(config.seeds), resources=images_resources)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from easyhard._validate import ConfigError, check_choice, check_device, check_int_at_least, check_positive
+from easyhard._validate import (ConfigError, check_choice, check_device, check_distinct, check_int_at_least,
+                                check_positive, check_seed)
 from easyhard.data import MixedCumulantModel
 from easyhard.experiments._text import fmt_num, parse_dims, text_table
 from easyhard.experiments.registry import Experiment, Option, RunContext
@@ -55,12 +56,15 @@ class StaircaseConfig:
             raise ConfigError("dims must hold at least one dimension d >= 8")
         for d in self.dims:
             check_int_at_least("d", d, 8)
+        check_distinct("dims", self.dims)
+        check_distinct("couplings", self.couplings)
         check_int_at_least("seeds", self.seeds, 1)
         for c in self.couplings:
             check_choice("coupling", c, COUPLINGS)
         for name in ("delta", "v_window_per_d"):
             check_positive(name, getattr(self, name))
         check_int_at_least("steps_per_d", self.steps_per_d, 1)
+        check_seed("base_seed", self.base_seed)
         check_device("device", self.device)
 
     def model(self, d: int, coupling: str) -> MixedCumulantModel:
@@ -271,6 +275,17 @@ def summarize_staircase(results: dict) -> list[str]:
             "", f"staircase checks pass: {results['acceptance']['all_pass']}"]
 
 
+def staircase_resources(config: StaircaseConfig):
+    """Online SGD of ``seeds`` members for ``steps_per_d d`` steps per cell, records at every step
+    (:func:`easyhard.experiments.resources.online_sgd`), summed over the cells."""
+    from easyhard.experiments.resources import Resources, online_sgd
+
+    total = Resources(0.0, 0.0)
+    for d in config.dims:
+        total += online_sgd(config.seeds * len(config.couplings), config.steps_per_d * d, d, device=config.device)
+    return total
+
+
 STAIRCASE = Experiment(
     "staircase", StaircaseConfig, run_staircase,
     "online SGD of the single neuron: u learned first, v only with sign-coupled latents",
@@ -280,7 +295,9 @@ STAIRCASE = Experiment(
              Option("--steps-per-d", "steps_per_d", "SGD steps per member, in units of d"),
              Option("--engine", "engine", "online-SGD engine: auto, numba or torch"),
              Option("--device", "device", "cpu, cuda or auto")),
-    summary=summarize_staircase, total=lambda config: len(config.dims) * len(config.couplings))
+    summary=summarize_staircase, total=lambda config: len(config.dims) * len(config.couplings),
+    resources=staircase_resources)
 
 STAIRCASE_CELL = Experiment("staircase_cell", StaircaseConfig, run_staircase_cell,
-                            "one (coupling, d) cell of the staircase (dims and couplings of length one)")
+                            "one (coupling, d) cell of the staircase (dims and couplings of length one)",
+                            resources=staircase_resources)
