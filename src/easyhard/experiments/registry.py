@@ -11,7 +11,9 @@ An :class:`Experiment` bundles
 - ``report``: the report section built from the saved results only, ``report(results, out_dir) ->
   (figure file names, Markdown)``, so ``easyhard report OUT`` rebuilds a report from ``results.json``;
 - ``options``: command-line aliases (:class:`Option`, e.g. ``--dims 64,128`` for the field ``dims``), and
-  ``summary``/``total``: the lines printed after a run and the length of its progress bar.
+  ``summary``/``total``: the lines printed after a run and the length of its progress bar;
+- ``resources(config) -> Resources``: a rough memory and time estimate, checked against the bounds of
+  :mod:`easyhard.experiments.resources` before any work (``--force`` overrides).
 
 The command line is generated from these fields (``easyhard reproduce NAME``, ``easyhard sweep``,
 ``easyhard report``): adding an experiment is one new module and one line in :data:`REGISTRY`. Nothing
@@ -132,6 +134,7 @@ class Experiment:
     options: tuple[Option, ...] = ()
     summary: Callable[[dict], list[str]] | None = None
     total: Callable[[Any], int] | None = None
+    resources: Callable[[Any], Any] | None = None  # config -> easyhard.experiments.resources.Resources
 
 
 def register(name: str, target: str) -> None:
