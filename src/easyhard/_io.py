@@ -149,7 +149,7 @@ def _tensor_digest(meta_text: str, tensors: dict) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             digest.update(f"{t.dtype}{tuple(t.shape)}".encode("ascii"))
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(value, (list, tuple)):
             for i, item in enumerate(value):
                 add(f"{name}[{i}]", item)
