@@ -89,9 +89,11 @@ def test_kernel_gradient_equals_autograd(activation, second_layer):
     P = np.eye(3, d)[None]
     par = np.array(matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
     tracks = [np.full((1, K, 3, 1), -1, np.int64) for _ in range(3)]
+    peak = np.zeros(1)
     run_steps(W, O, states, P, np.full((1, 3), -1, np.int64), np.zeros((1, 4)), np.zeros((1, 1)), np.zeros((1, 1)), x0.numpy()[:, :1],
               np.zeros((1, 1), np.int64), np.array([[[a, s, a, weight]]]), 0, 1, 0, ACTIVATION_CODES[activation], par,
-              K ** -0.5, 1.3, second_layer == "tied", False, True, np.array([eta]), np.zeros(1), np.array([0.5]), 0.5, *tracks)
+              K ** -0.5, 1.3, second_layer == "tied", False, True, np.array([eta]), np.zeros(1), peak, np.array([0.5]),
+              0.5, *tracks)
     x_t = a * x0 + s * torch.from_numpy(xi)[:, None]
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     loss = weight * net.sample_loss(leaves, x0, x_t, t).sum()
@@ -99,6 +101,9 @@ def test_kernel_gradient_equals_autograd(activation, second_layer):
     for (name, g), new in zip(zip(leaves, grads), [W, O]):
         moved = (params[name].numpy() - new) / eta
         np.testing.assert_allclose(moved, g.numpy(), rtol=1e-9, atol=1e-11)
+    # the divergence rule's peak: the largest norm of a plain-stepped weight vector (w_k, and o_k when untied)
+    np.testing.assert_allclose(peak[0], max(np.linalg.norm(W, axis=-1).max(), np.linalg.norm(O, axis=-1).max()),
+                               rtol=1e-12)
 
 
 @pytest.mark.parametrize("engine", ["numba", "torch"])
@@ -308,7 +313,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(sign_model, engine, mode, t
         np.testing.assert_array_equal(whole.training_counts, resumed.training_counts)
 
 
-def test_checkpoint_of_another_run_or_corrupt_file_is_refused(sign_model, tmp_path):
+def test_checkpoint_of_another_run_is_refused(sign_model, tmp_path):
     cfg = OnlineSGDConfig(steps=5000, dtype="float64", n_logs=12)
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(_Interrupt):
@@ -316,6 +321,3 @@ def test_checkpoint_of_another_run_or_corrupt_file_is_refused(sign_model, tmp_pa
                        checkpoint_every=0)
     with pytest.raises(ConfigError, match="different run"):
         run_online_sgd(NETS["single"], sign_model, cfg, [2], checkpoint=ckpt)
-    ckpt.write_bytes(ckpt.read_bytes()[:100])
-    with pytest.raises(ConfigError, match="cannot be read"):
-        run_online_sgd(NETS["single"], sign_model, cfg, [1], checkpoint=ckpt)

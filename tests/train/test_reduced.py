@@ -74,11 +74,14 @@ def test_reduced_step_equals_full_step(activation):
     proj_r = torch.eye(d, dtype=torch.float64) - spikes.T @ spikes - torch.outer(e, e)
     zp, xp = (spikes @ z).tolist(), (spikes @ xi).tolist()
     par = np.array(matched_coefficients(act) if activation == "matched" else (0.0, 0.0, 0.0))
-    red_loss = reduced_step(alpha, *zp, float(z @ e), *xp, float(xi @ e), lam, nu, float(z @ proj_r @ z),
-                            float(z @ proj_r @ xi), float(xi @ proj_r @ xi), math.sqrt(bu), math.sqrt(bv), shrink, bm,
-                            a, s, a, 1.0, ACTIVATION_CODES[activation], par, a_out, eta)
+    red_loss, norm = reduced_step(alpha, *zp, float(z @ e), *xp, float(xi @ e), lam, nu, float(z @ proj_r @ z),
+                                  float(z @ proj_r @ xi), float(xi @ proj_r @ xi), math.sqrt(bu), math.sqrt(bv), shrink,
+                                  bm, a, s, a, 1.0, ACTIVATION_CODES[activation], par, a_out, eta)
     np.testing.assert_allclose(alpha, (spikes @ w_new).numpy(), rtol=0, atol=1e-13)
     np.testing.assert_allclose(red_loss, float(loss), rtol=1e-12)
+    g = grads["w"][0, 0]
+    raw = w - eta * (g - (g @ w) * w)  # the spherical step before normalisation
+    np.testing.assert_allclose(norm, float(raw.norm()), rtol=1e-12)
     assert np.abs(alpha - (spikes @ w).numpy()).max() > 1e-4  # the step did move the overlaps
 
 

@@ -78,13 +78,21 @@ def track_recovery(al: float, n: int, thr, persist: float, first_hit, pending, r
                     pending[ti] = -1
 
 
+@numba.njit(inline="always", cache=True)
+def _raise_peak(peak, e: int, norm: float) -> None:
+    """peak[e] = max(peak[e], norm), with NaN kept once it appears (NaN <= x is False)."""
+    if not norm <= peak[e]:
+        if not math.isnan(peak[e]):
+            peak[e] = norm
+
+
 #: reassociation lets LLVM vectorise the dot products; no-NaN/no-inf flags stay off so divergence is seen
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, act, act_par, kappa, a_out, tied,
-              spherical, finite, eta, loss_acc, thr, persist, first_hit, pending, recovered):
+              spherical, finite, eta, loss_acc, peak, thr, persist, first_hit, pending, recovered):
     """Advance all members through chunk steps ``i0 .. i1-1`` in place.
 
     W (E,K,d) first-layer weights; O (E,K,d) untied second layer (ignored when tied);
@@ -93,9 +101,11 @@ def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, 
     (sqrt(beta_u), sqrt(beta_v), whitening shrink k, beta_m); lam, nu (E,C) latents of the chunk;
     X (E,n,d) training set and idx (E,C) sample indices (finite mode); tco (E,C,4) per-step
     (a_t, s_t, c_t, loss weight); step0: global step of chunk position 0; eta (E,) step sizes;
-    loss_acc (E,) accumulates weight * ||r||^2; first_hit, pending, recovered (E,K,3,T) int64: first
-    global step with |w_k . spike| / ||w_k|| >= thr[T], the candidate and the confirmed recovery step
-    of :func:`track_recovery` (-1: none yet).
+    loss_acc (E,) accumulates weight * ||r||^2; peak (E,) keeps the largest norm of any weight vector after a
+    step, before normalisation (||w_k - eta g_perp|| when spherical, else ||w_k||; ||o_k|| when untied: the
+    quantity of the divergence rule, :mod:`easyhard.train.divergence`; NaN once one is NaN); first_hit,
+    pending, recovered (E,K,3,T) int64: first global step with |w_k . spike| / ||w_k|| >= thr[T], the
+    candidate and the confirmed recovery step of :func:`track_recovery` (-1: none yet).
     """
     E, K, d = W.shape
     for e in numba.prange(E):
@@ -175,8 +185,12 @@ def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, 
                 fx = -2.0 * wt * kappa * orr * dsg[k]
                 if not tied:
                     fo = 2.0 * lr * wt * sg[k]
+                    o2 = 0.0
                     for j in range(d):
-                        Oe[k, j] += fo * r[j]
+                        on = Oe[k, j] + fo * r[j]
+                        Oe[k, j] = on
+                        o2 += on * on
+                    _raise_peak(peak, e, math.sqrt(o2))
                 gw = fr * wr + fx * h[k] if spherical else 0.0
                 # update, then |alpha| = |spike . w_k| / ||w_k|| for the first-passage times
                 n2 = 0.0
@@ -194,7 +208,9 @@ def run_steps(W, O, states, P, axes, coef, lam, nu, X, idx, tco, i0, i1, step0, 
                         pu += u[j] * We[k, j]
                         pv += v[j] * We[k, j]
                         pm += m[j] * We[k, j]
-                inv = 1.0 / math.sqrt(n2)
+                norm = math.sqrt(n2)
+                _raise_peak(peak, e, norm)
+                inv = 1.0 / norm
                 if spherical:
                     for j in range(d):
                         We[k, j] *= inv

@@ -29,7 +29,7 @@ import math
 import numba
 import numpy as np
 
-from easyhard.train._kernel import _activation, track_recovery
+from easyhard.train._kernel import _activation, _raise_peak, track_recovery
 from easyhard.train._rng import std_normal, uniform01
 
 
@@ -53,8 +53,10 @@ def _chi2(df: float, state: np.ndarray) -> float:
 
 @numba.njit(inline="always", cache=True)
 def reduced_step(al, zu, zv, zm, ze, xu, xv, xm, xe, lam, nu, zz, zx, xx, sbu, sbv, shrink, bm, a, s, c, wt, act,
-                 act_par, a_out, lr) -> float:
-    """One exact spherical SGD step of the overlaps ``al`` (3,) in place; returns the sample loss wt ||r||^2.
+                 act_par, a_out, lr) -> tuple[float, float]:
+    """One exact spherical SGD step of the overlaps ``al`` (3,) in place; returns the sample loss wt ||r||^2 and
+    the norm ||w - eta g_perp|| of the step before normalisation (the divergence rule's quantity,
+    :mod:`easyhard.train.divergence`).
 
     (zu, zv, zm, ze), (xu, xv, xm, xe): components of z and xi along u, v, m and e;
     (zz, zx, xx) = (|z_R|^2, z_R.xi_R, |xi_R|^2).
@@ -81,20 +83,23 @@ def reduced_step(al, zu, zv, zm, ze, xu, xv, xm, xe, lam, nu, zz, zx, xx, sbu, s
     wv = al[1] - lr * (fr * rv + fx * tv - gw * al[1])
     wm = al[2] - lr * (fr * rm + fx * tm - gw * al[2])
     we = rho - lr * (fr * re + fx * te - gw * rho)
-    inv = 1.0 / math.sqrt(wu * wu + wv * wv + wm * wm + we * we + lr * lr * g_r2)
+    norm = math.sqrt(wu * wu + wv * wv + wm * wm + we * we + lr * lr * g_r2)
+    inv = 1.0 / norm
     al[0], al[1], al[2] = wu * inv, wv * inv, wm * inv
-    return wt * (ru * ru + rv * rv + rm * rm + re * re + one_ca * one_ca * zz - 2.0 * one_ca * c * s * zx
+    loss = wt * (ru * ru + rv * rv + rm * rm + re * re + one_ca * one_ca * zz - 2.0 * one_ca * c * s * zx
                  + c * c * s * s * xx)
+    return loss, norm
 
 
 @numba.njit(parallel=True, cache=True)
 def run_reduced(alpha, states, coef, lam, nu, i0, i1, step0, a, s, c, wt, act, act_par, a_out, m_r, eta, loss_acc,
-                thr, persist, first_hit, pending, recovered):
+                peak, thr, persist, first_hit, pending, recovered):
     """Advance every member's overlaps alpha (E,3) through chunk steps ``i0 .. i1-1`` in place.
 
     states (E,4) member streams; coef (E,4) = (sqrt beta_u, sqrt beta_v, whitening shrink k, beta_m);
     lam, nu (E,C) latents; a, s, c, wt: a_t, sqrt(Delta_t), skip c_t and loss weight (fixed t);
-    m_r = d - 4; eta (E,); loss_acc (E,) accumulates wt ||r||^2; first_hit, pending, recovered (E,3,T)
+    m_r = d - 4; eta (E,); loss_acc (E,) accumulates wt ||r||^2; peak (E,) keeps the largest pre-normalisation
+    norm of a step (as in :func:`easyhard.train._kernel.run_steps`); first_hit, pending, recovered (E,3,T)
     as in :func:`easyhard.train._kernel.run_steps`.
     """
     E = alpha.shape[0]
@@ -108,10 +113,11 @@ def run_reduced(alpha, states, coef, lam, nu, i0, i1, step0, a, s, c, wt, act, a
             c1 = math.sqrt(_chi2(m_r, st))
             c2 = math.sqrt(_chi2(m_r - 1.0, st))
             n21 = std_normal(st)
-            loss_acc[e] += reduced_step(al, zu, zv, zm, ze, xu, xv, xm, xe, lam[e, i], nu[e, i], c1 * c1, c1 * n21,
-                                        n21 * n21 + c2 * c2,
-                                        coef[e, 0], coef[e, 1], coef[e, 2], coef[e, 3], a, s, c, wt, act, act_par,
-                                        a_out, eta[e])
+            loss, norm = reduced_step(al, zu, zv, zm, ze, xu, xv, xm, xe, lam[e, i], nu[e, i], c1 * c1, c1 * n21,
+                                      n21 * n21 + c2 * c2, coef[e, 0], coef[e, 1], coef[e, 2], coef[e, 3], a, s, c,
+                                      wt, act, act_par, a_out, eta[e])
+            loss_acc[e] += loss
+            _raise_peak(peak, e, norm)
             n = step0 + i + 1
             for p in range(3):
                 track_recovery(abs(al[p]), n, thr, persist, first_hit[e, p], pending[e, p], recovered[e, p])
@@ -134,7 +140,8 @@ def fill_reduced_draws(states, m_r, out):
 
 
 def reduced_step_torch(al, draws, lam, nu, coef, a, s, c, wt, activation, a_out, eta):
-    """:func:`reduced_step` for all members at once (torch, CPU or CUDA); returns the sample losses (E,).
+    """:func:`reduced_step` for all members at once (torch, CPU or CUDA); returns the sample losses (E,) and the
+    pre-normalisation norms (E,) of the steps.
 
     al (E, 3) overlaps, updated in place; draws (E, 11) as in :func:`fill_reduced_draws`; lam, nu (E,);
     coef (E, 4) = (sqrt beta_u, sqrt beta_v, shrink, beta_m); eta (E,); ``activation`` an
@@ -166,4 +173,4 @@ def reduced_step_torch(al, draws, lam, nu, coef, a, s, c, wt, activation, a_out,
     w_e = rho - eta * (fr * re + fx * te - gw * rho)
     norm = ((w_sp * w_sp).sum(1) + w_e * w_e + eta * eta * g_r2).sqrt()
     al.copy_(w_sp / norm[:, None])
-    return wt * ((r * r).sum(1) + re * re + one_ca * one_ca * zz - 2.0 * one_ca * c * s * zx + c * c * s * s * xx)
+    return wt * ((r * r).sum(1) + re * re + one_ca * one_ca * zz - 2.0 * one_ca * c * s * zx + c * c * s * s * xx), norm

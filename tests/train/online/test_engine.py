@@ -49,6 +49,9 @@ class _Toy:
     def overlaps(self):
         return self.inner.overlaps()
 
+    def peak_norm(self):
+        return self.inner.peak_norm()
+
     def recovery(self):
         return self.inner.recovery()
 

@@ -20,7 +20,11 @@ Latents (lambda, nu), random times and training-set orders come from a per-membe
 in chunks of fixed length (:mod:`.draws`), so they too do not depend on E. The driver (:mod:`.driver`)
 records, at log-spaced steps, the overlaps of every neuron with u, v, m and the mean sample loss since
 the previous record; the first passage and the persistent recovery of each threshold are tracked every
-step. A checkpoint file, written at chunk boundaries, lets an interrupted run resume exactly.
+step. Every engine obeys one divergence rule (:mod:`easyhard.train.divergence`): a run stops with
+:class:`DivergenceError` at the first record at which an overlap or the loss is non-finite or a weight norm
+before normalisation has been non-finite or above 2**24 at any step. A checkpoint file (:mod:`.checkpoint`),
+written at chunk boundaries and used only after its checksum and schema hold, lets an interrupted run
+resume exactly.
 """
 
 from easyhard.train.divergence import DivergenceError

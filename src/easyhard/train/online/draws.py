@@ -36,16 +36,16 @@ class MemberDraws:
         return torch.stack([m.sample(n, g, torch.float64) for m, g in zip(models, self.gens)])
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Generator states and the current pass order (for checkpoints)."""
+        """Generator states, the current pass orders (n,) and the position in them (1,) (for checkpoints)."""
         out = {f"draws.gen.{e}": g.get_state() for e, g in enumerate(self.gens)}
         out |= {f"draws.perm.{e}": p.clone() for e, p in enumerate(self.perms)}
-        return out | {"draws.pos": torch.tensor(self.pos)}
+        return out | {"draws.pos": torch.tensor([self.pos])}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         for e, g in enumerate(self.gens):
             g.set_state(tensors[f"draws.gen.{e}"])
         self.perms = [tensors[f"draws.perm.{e}"] for e in range(len(self.gens)) if f"draws.perm.{e}" in tensors]
-        self.pos = int(tensors["draws.pos"])
+        self.pos = int(tensors["draws.pos"][0])
 
     def chunk(self, models: Sequence[MixedCumulantModel], length: int, config: OnlineSGDConfig,
               skip: Callable) -> dict[str, np.ndarray]:

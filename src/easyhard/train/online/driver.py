@@ -3,13 +3,13 @@
 :func:`run_online_sgd` builds the initial state of E runs (:class:`.MemberDraws`), hands it to the engine
 chosen by :func:`.registry.select_engine`, and advances the engine chunk by chunk (CHUNK steps, so the
 per-member draws do not depend on E), stopping at the log-spaced record points of :func:`.log_steps` to
-read the overlaps and the mean loss. A checkpoint file, written at chunk boundaries, holds the engine's
-live state, the draws and the records, so an interrupted run resumes exactly.
+read the overlaps and the mean loss and apply the divergence rule (:mod:`easyhard.train.divergence`). A
+checkpoint file (:mod:`.checkpoint`), written at chunk boundaries, holds the engine's live state, the draws and
+the records, so an interrupted run resumes exactly.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +22,10 @@ from easyhard._validate import ConfigError
 from easyhard.data.mcm import MixedCumulantModel
 from easyhard.models import Committee
 from easyhard.train.divergence import check_members
+from easyhard.train.online.checkpoint import restore_checkpoint, save_checkpoint
 from easyhard.train.online.config import OnlineSGDConfig, OnlineSGDResult, log_steps
 from easyhard.train.online.draws import MemberDraws
-from easyhard.train.online.engine import Engine, EngineSetup
+from easyhard.train.online.engine import EngineSetup
 from easyhard.train.online.registry import select_engine
 
 #: steps per chunk of latents / times / orders drawn from the member generators (fixed: keeps streams E-independent)
@@ -38,12 +39,15 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
     """Run ``len(seeds)`` independent online-SGD runs of ``model`` on ``data`` (docs/theory/mcm.md section 8.1).
 
     ``progress(k)`` is called with the number of steps just completed (for a progress bar).
-    Raises :class:`DivergenceError` when weights or loss stop being finite (checked at every record).
+    Raises :class:`DivergenceError` at the first record point at which a member is outside the divergence rule of
+    :mod:`easyhard.train.divergence` (non-finite overlaps or loss, or a weight norm before normalisation that is
+    non-finite or above its bound at any step so far); a run that returns satisfied the rule at every step.
 
     ``checkpoint``: a file that holds the whole state (weights, random streams, generators, records) at
     a chunk boundary, written atomically at most every ``checkpoint_every`` seconds. If it exists when
     the call starts, the run resumes from it and ends with the numbers of an uninterrupted run; it must
-    come from the same model, data, config and seeds (else ConfigError). It is deleted at the end.
+    come from the same model, data, config and seeds and pass the checks of :mod:`.checkpoint` (else
+    :class:`easyhard._io.CorruptedFile`, a ConfigError naming the file). It is deleted at the end.
     """
     models = _check_inputs(model, data, seeds)
     name, engine_cls = select_engine(model, config)
@@ -52,20 +56,20 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
     setup = _setup(model, models, config, seeds, draws)
     engine = engine_cls(setup)
     steps_log = log_steps(config.steps, config.n_logs)
-    overlaps = np.empty((len(steps_log), E, model.K, 3))
-    loss = np.empty((len(steps_log) - 1, E))
+    overlaps = np.full((len(steps_log), E, model.K, 3), np.nan)  # NaN until recorded
+    loss = np.full((len(steps_log) - 1, E), np.nan)
     overlaps[0] = engine.overlaps()
     counts = np.zeros((E, config.n_samples), np.int64) if config.n_samples is not None else None
     rec, first = 1, 0
-    meta = {"version": 1, "model": model.to_dict(), "data": [m.to_dict() for m in models], "config": config.to_dict(),
+    meta = {"version": 2, "model": model.to_dict(), "data": [m.to_dict() for m in models], "config": config.to_dict(),
             "seeds": [int(s) for s in seeds], "engine": name}
     records = {"overlaps": overlaps, "loss": loss, **({"counts": counts} if counts is not None else {})}
     if checkpoint is not None and Path(checkpoint).exists():
-        first, rec = _restore(checkpoint, meta, engine, draws, records)
+        first, rec = restore_checkpoint(checkpoint, meta, engine, draws, records, steps_log, CHUNK, config.n_samples)
     saved_at = time.monotonic()
     for start in range(first, config.steps, CHUNK):
         if checkpoint is not None and start > first and time.monotonic() - saved_at >= checkpoint_every:
-            _save(checkpoint, meta, engine, draws, records, start, rec)
+            save_checkpoint(checkpoint, meta, engine, draws, records, start, rec)
             saved_at = time.monotonic()
         length = min(CHUNK, config.steps - start)
         chunk = draws.chunk(models, length, config, model.skip_coefficient)
@@ -82,7 +86,7 @@ def run_online_sgd(model: Committee, data: MixedCumulantModel | Sequence[MixedCu
             if start + i == steps_log[rec]:
                 loss[rec - 1] = engine.take_loss() / (steps_log[rec] - steps_log[rec - 1])
                 overlaps[rec] = engine.overlaps()
-                check_members(overlaps[rec], loss[rec - 1], int(steps_log[rec]))
+                check_members(overlaps[rec], loss[rec - 1], engine.peak_norm(), int(steps_log[rec]))
                 rec += 1
     first_hit, recovered = engine.recovery()
     if checkpoint is not None:
@@ -118,50 +122,3 @@ def _check_inputs(model: Committee, data, seeds) -> list[MixedCumulantModel]:
         if m.d != model.d:
             raise ConfigError(f"data dimension d={m.d} does not match the model's d={model.d}")
     return models
-
-
-# ----- checkpoints: the engine's live state, the member draws and the records ------------------------------------
-def _as_tensor(x) -> torch.Tensor:
-    """A numpy array (uint64 reinterpreted as int64), tensor or generator (its state) as a CPU tensor."""
-    if isinstance(x, torch.Generator):
-        return x.get_state()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x.view(np.int64) if x.dtype == np.uint64 else x).clone()
-    return x.detach().cpu().clone()
-
-
-def _assign(live, saved: torch.Tensor) -> None:
-    """Copy a saved tensor into a live array, tensor or generator in place (keeps addresses for CUDA graphs)."""
-    if isinstance(live, torch.Generator):
-        live.set_state(saved)
-    elif isinstance(live, np.ndarray):
-        live[...] = saved.numpy().view(live.dtype) if live.dtype == np.uint64 else saved.numpy()
-    else:
-        live.copy_(saved)
-
-
-def _save(path, meta: dict, engine: Engine, draws: MemberDraws, records: dict, start: int, rec: int) -> None:
-    from easyhard._io import save_tensors
-
-    # "runner." (the engines' former name) keeps checkpoints of earlier versions loadable
-    tensors = {f"runner.{k}": _as_tensor(v) for k, v in engine.live_state().items()}
-    tensors |= {f"records.{k}": _as_tensor(v) for k, v in records.items()}
-    tensors |= draws.state()
-    save_tensors(path, tensors, meta | {"start": start, "rec": rec})
-
-
-def _restore(path, meta: dict, engine: Engine, draws: MemberDraws, records: dict) -> tuple[int, int]:
-    """Load a checkpoint into the live state; returns (chunk start, next record index)."""
-    from easyhard._io import load_tensors
-
-    tensors, saved = load_tensors(path)
-    position = {k: saved.pop(k, None) for k in ("start", "rec")}
-    if json.dumps(saved, sort_keys=True) != json.dumps(json.loads(json.dumps(meta)), sort_keys=True):
-        raise ConfigError(f"checkpoint {path} belongs to a different run (model, data, config, seeds or engine "
-                          "differ); delete it or use another path")
-    for k, v in engine.live_state().items():
-        _assign(v, tensors[f"runner.{k}"])
-    for k, v in records.items():
-        _assign(v, tensors[f"records.{k}"])
-    draws.load_state(tensors)
-    return int(position["start"]), int(position["rec"])

@@ -2,7 +2,8 @@
 
 An engine holds the mutable state of E independent runs (weights or overlaps, random streams, loss
 accumulators, recovery tracks) and advances it through the steps of a chunk of per-member draws
-(:class:`easyhard.train.online.draws.MemberDraws`). The driver owns everything else: the draws, the
+(:class:`easyhard.train.online.draws.MemberDraws`), and keeps, at every step, the peak weight norm of
+the divergence rule (:mod:`easyhard.train.divergence`). The driver owns everything else: the draws, the
 record points, the divergence check and the checkpoint file. An engine exposes its state as live
 arrays, tensors and generators (:meth:`Engine.live_state`); the driver saves them and, on resume,
 writes the saved values back into them in place (so addresses captured by a CUDA graph stay valid).
@@ -68,6 +69,10 @@ class Engine(Protocol):
 
     def overlaps(self) -> np.ndarray:
         """w_k . (u, v, m) / ||w_k|| now: (E, K, 3) float64."""
+
+    def peak_norm(self) -> np.ndarray:
+        """The largest norm (E,) float64 of any weight vector after any step so far, before normalisation (NaN once
+        one was NaN): the quantity of :func:`easyhard.train.divergence.diverged_members`. Part of :meth:`live_state`."""
 
     def recovery(self) -> tuple[np.ndarray, np.ndarray]:
         """(first_hit, recovered) steps (E, K, 3, T), -1 where none (:func:`easyhard.train._kernel.track_recovery`)."""

@@ -77,6 +77,7 @@ class NumbaEngine:
         self.axes = _spike_axes(self.P)
         self.code, self.act_par = kernel_activation(model.activation)
         self.loss_acc = np.zeros(len(self.etas))
+        self.peak = np.zeros(len(self.etas))
         self.tracks = recovery_arrays((*self.W.shape[:2], 3, len(self.thr)))
 
     def load_chunk(self, chunk):
@@ -95,7 +96,7 @@ class NumbaEngine:
             run_steps(self.W, self.O, self.states, self.P, self.axes, self.coef, c["lam"], c["nu"], self.X, c["idx"],
                       c["tco"], i0, i1, step0, self.code, self.act_par, float(m.K) ** (-m.omega), float(m.a_out),
                       m.second_layer == "tied", self.config.spherical, self.config.n_samples is not None,
-                      self.etas, self.loss_acc, self.thr, self.config.persistence, *self.tracks)
+                      self.etas, self.loss_acc, self.peak, self.thr, self.config.persistence, *self.tracks)
         finally:
             numba.set_num_threads(threads)
 
@@ -115,11 +116,14 @@ class NumbaEngine:
         params = {k: v.double() for k, v in self._views().items()}
         return self.model.overlaps(params, torch.from_numpy(self.P)).numpy()
 
+    def peak_norm(self):
+        return self.peak.copy()
+
     def recovery(self):
         return self.tracks[0].copy(), self.tracks[2].copy()
 
     def live_state(self) -> dict[str, np.ndarray]:
-        return {"W": self.W, "O": self.O, "states": self.states, "loss_acc": self.loss_acc,
+        return {"W": self.W, "O": self.O, "states": self.states, "loss_acc": self.loss_acc, "peak": self.peak,
                 **{f"track{i}": t for i, t in enumerate(self.tracks)}}
 
     def params(self):

@@ -49,6 +49,7 @@ class ReducedEngine:
         self.coef, self.states, self.etas, self.thr = setup.coef, setup.states, setup.etas, setup.thresholds
         self.code, self.act_par = kernel_activation(self.model.activation)
         self.loss_acc = np.zeros(len(self.etas))
+        self.peak = np.zeros(len(self.etas))
         self.tracks = recovery_arrays((len(self.etas), 3, len(self.thr)))
 
     def load_chunk(self, chunk):
@@ -60,8 +61,8 @@ class ReducedEngine:
         c = self.chunk
         a, s, skip, wt = (float(x) for x in c["tco"][0, 0])
         run_reduced(self.alpha, self.states, self.coef, c["lam"], c["nu"], i0, i1, step0, a, s, skip, wt, self.code,
-                    self.act_par, float(self.model.a_out), float(self.model.d - 4), self.etas, self.loss_acc, self.thr,
-                    self.config.persistence, *self.tracks)
+                    self.act_par, float(self.model.a_out), float(self.model.d - 4), self.etas, self.loss_acc, self.peak,
+                    self.thr, self.config.persistence, *self.tracks)
 
     def take_loss(self):
         out = self.loss_acc.copy()
@@ -71,11 +72,14 @@ class ReducedEngine:
     def overlaps(self):
         return self.alpha[:, None, :].copy()
 
+    def peak_norm(self):
+        return self.peak.copy()
+
     def recovery(self):
         return self.tracks[0][:, None].copy(), self.tracks[2][:, None].copy()
 
     def live_state(self) -> dict[str, np.ndarray]:
-        return {"alpha": self.alpha, "states": self.states, "loss_acc": self.loss_acc,
+        return {"alpha": self.alpha, "states": self.states, "loss_acc": self.loss_acc, "peak": self.peak,
                 **{f"track{i}": t for i, t in enumerate(self.tracks)}}
 
     def params(self):
@@ -94,7 +98,6 @@ class TorchReducedEngine(TensorTracks):
         self.alpha = put(_initial_overlaps(setup)).contiguous()
         self.coef, self.eta, self.thr = put(setup.coef), put(setup.etas), put(setup.thresholds)
         self.states = setup.states
-        self.loss_acc = torch.zeros(len(setup.etas), dtype=torch.float64, device=self.dev)
         self._init_tracks((len(setup.etas), 1, 3, len(setup.thresholds)))
         self.m_r = float(self.model.d - 4)
         self.gen = device_generator(self.dev, setup.states)
@@ -126,17 +129,18 @@ class TorchReducedEngine(TensorTracks):
         a, s, c, wt = (float(x) for x in ch["tco"][0, 0])
         for i in range(i0, i1):
             draws = self.draws.step(i, ch["tco"].shape[1])
-            loss = reduced_step_torch(self.alpha, draws, ch["lam"][:, i].double(), ch["nu"][:, i].double(),
-                                      self.coef, a, s, c, wt, m.activation, float(m.a_out), self.eta)
+            loss, norm = reduced_step_torch(self.alpha, draws, ch["lam"][:, i].double(), ch["nu"][:, i].double(),
+                                            self.coef, a, s, c, wt, m.activation, float(m.a_out), self.eta)
             self.loss_acc.add_(loss)
+            self._raise_peak(norm)
             self._track(self.alpha.abs()[:, None, :], step0 + i + 1)
 
     def overlaps(self):
         return self.alpha[:, None, :].cpu().numpy()
 
     def live_state(self) -> dict:
-        out = {"alpha": self.alpha, "states": self.states, "loss_acc": self.loss_acc, "hits": self.hits,
-               "pending": self.pending, "rec": self.rec}
+        out = {"alpha": self.alpha, "states": self.states, "loss_acc": self.loss_acc, "peak": self.peak,
+               "hits": self.hits, "pending": self.pending, "rec": self.rec}
         return out | ({"gen": self.gen} if self.gen is not None else {})
 
     def params(self):

@@ -48,13 +48,34 @@ class DrawBlocks:
         return self.block[:, i - self.start]
 
 
+def spherical_step_norms(w: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    """The norms ||w_k - eta g_perp|| (E, K) of a :func:`easyhard.models.spherical_step` before its normalisation.
+
+    g_perp = g - (g.w) w / ||w||^2 is orthogonal to w, so the squared norm is ||w||^2 + eta^2 (||g||^2 - (g.w)^2 /
+    ||w||^2) (the last term clamped at 0 against round-off). w, grad (E, K, d); eta (E,).
+    """
+    w2 = (w * w).sum(-1)
+    g_perp2 = ((grad * grad).sum(-1) - (grad * w).sum(-1) ** 2 / w2).clamp_min(0.0)
+    return (w2 + eta[:, None] ** 2 * g_perp2).sqrt()
+
+
 class TensorTracks:
-    """First passage and persistent recovery on tensors (hits, pending, rec: (E, K, 3, T), on the device), and
-    the loss accumulator ``loss_acc`` (E,) float64 of :meth:`easyhard.train.online.engine.Engine.take_loss`."""
+    """First passage and persistent recovery on tensors (hits, pending, rec: (E, K, 3, T), on the device), the
+    loss accumulator ``loss_acc`` (E,) float64 of :meth:`easyhard.train.online.engine.Engine.take_loss` and the
+    peak weight norm ``peak`` (E,) float64 of :meth:`~easyhard.train.online.engine.Engine.peak_norm`."""
 
     def _init_tracks(self, shape: tuple[int, ...]) -> None:
         self.hits, self.pending, self.rec = (torch.full(shape, -1, dtype=torch.int64, device=self.dev)
                                              for _ in range(3))
+        self.loss_acc, self.peak = (torch.zeros(shape[0], dtype=torch.float64, device=self.dev) for _ in range(2))
+
+    def _raise_peak(self, norms: torch.Tensor) -> None:
+        """peak = max(peak, largest of ``norms`` (E,) or (E, K) per member), in place; NaN propagates."""
+        top = norms.amax(dim=1) if norms.ndim > 1 else norms
+        torch.maximum(self.peak, top.double(), out=self.peak)
+
+    def peak_norm(self):
+        return self.peak.cpu().numpy().copy()
 
     def _track(self, al: torch.Tensor, n) -> None:
         """:func:`easyhard.train._kernel.track_recovery` on all members at once, in place."""
@@ -98,7 +119,6 @@ class TorchEngine(TensorTracks):
         self.thr = put(setup.thresholds)
         E = len(etas)
         self.members = torch.arange(E, device=self.dev)
-        self.loss_acc = torch.zeros(E, device=self.dev, dtype=torch.float64)
         self._init_tracks((*self.p["w"].shape[:2], 3, len(setup.thresholds)))
         self.cuda_gen = device_generator(self.dev, states)
         # CUDA graphs by default on CUDA; ``config.graph_block`` > 0 forces the static-buffer path (also on CPU)
@@ -160,10 +180,17 @@ class TorchEngine(TensorTracks):
         xt = a * x0 + s * xi
         loss, grads = m.loss_and_gradients(self.p, x0[:, None], xt[:, None], t.to(self.dt), weight=wt[:, None])
         self.loss_acc.add_((wt * loss[:, 0]).double())
-        step = spherical_step if self.config.spherical else plain_step
-        self.p["w"].copy_(step(self.p["w"], grads["w"], self.eta))
+        w = self.p["w"]
+        if self.config.spherical:
+            norms = spherical_step_norms(w, grads["w"], self.eta)
+            w.copy_(spherical_step(w, grads["w"], self.eta))
+        else:
+            w.copy_(plain_step(w, grads["w"], self.eta))
+            norms = torch.linalg.vector_norm(w, dim=-1)
         if "o" in grads:
             self.p["o"].copy_(plain_step(self.p["o"], grads["o"], self.eta))
+            norms = torch.maximum(norms, torch.linalg.vector_norm(self.p["o"], dim=-1))
+        self._raise_peak(norms)
         self._track(m.overlaps(self.p, self.P).abs(), n)
 
     # ----- CUDA graphs: a block of B steps captured once and replayed --------------------------------------------
@@ -224,8 +251,8 @@ class TorchEngine(TensorTracks):
 
     def live_state(self) -> dict:
         out = {f"p.{k}": v for k, v in self.p.items()}
-        out |= {"states": self.states, "loss_acc": self.loss_acc, "hits": self.hits, "pending": self.pending,
-                "rec": self.rec}
+        out |= {"states": self.states, "loss_acc": self.loss_acc, "peak": self.peak, "hits": self.hits,
+                "pending": self.pending, "rec": self.rec}
         if self.cuda_gen is not None:
             out["cuda_gen"] = self.cuda_gen
         return out
