@@ -2,7 +2,10 @@
 
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,14 +125,76 @@ def test_ray_gpu_request_per_task():
         RayBackend(gpus_per_run=-1)
     with pytest.raises(ConfigError, match="drop --workers"):
         RayBackend(workers=2, address="10.0.0.1:6379")
+    with pytest.raises(ConfigError, match="^--workers must be <= "):
+        make_backend("ray", workers=4 * (os.cpu_count() or 1) + 1)
+    with pytest.raises(ConfigError, match="^--ray-timeout must be > 0"):
+        make_backend("ray", address="10.0.0.1:6379", connect_timeout=-1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_address_where_nothing_listens_fails_at_once():
+    ray = pytest.importorskip("ray")
+    address = f"127.0.0.1:{_free_port()}"  # a closed port
+    backend = make_backend("ray", address=address, connect_timeout=3)
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        list(backend.run([Task("a", "exponents", {})]))
+    assert time.monotonic() - start < 3 + 2 and not ray.is_initialized()
+    message = str(err.value)
+    assert message.startswith(f"--address {address}: no Ray cluster answered within 3 s (ConnectionRefusedError")
+    assert "--ray-timeout" in message and "\n" not in message
+    with pytest.raises(ConfigError, match="^--address must be HOST:PORT, ray://HOST:PORT or auto"):
+        make_backend("ray", address="ray://head:99999")
+
+
+# backends.py loaded alone (the easyhard.runs package would import torch): ray.init on a port where a socket
+# listens but no Ray answers; an abandoned ray.init goes on in the background, so this runs in its own process
+SILENT_PORT = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("backends_alone", sys.argv[1])
+backends = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(backends)
+backend = backends.RayBackend(address=sys.argv[2], connect_timeout=3)
+start = time.monotonic()
+try:
+    list(backend.run([backends.Task("a", "exponents", {})]))
+except backends.ConfigError as err:
+    print(f"{time.monotonic() - start:.2f}", err)
+"""
+
+
+def test_ray_address_that_answers_but_is_no_cluster_fails_in_time():
+    pytest.importorskip("ray")
+    from easyhard.runs import backends
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # the kernel accepts TCP connections; nothing ever answers on them
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        done = subprocess.run([sys.executable, "-c", SILENT_PORT, backends.__file__, address],
+                              capture_output=True, text=True, timeout=60)
+    elapsed, message = done.stdout.strip().split(" ", 1)
+    assert 3 <= float(elapsed) < 3 + 2 and done.returncode == 0
+    assert message.startswith(f"--address {address}: no Ray cluster answered within 3 s (the port accepts")
 
 
 def test_backend_options_are_checked():
     assert make_backend("local", workers=3).workers == 3
     assert make_backend("local", threads=0).threads is None
+    bound = 4 * (os.cpu_count() or 1)
+    assert make_backend("local", workers=bound).workers == bound
     for kwargs, needle in (({"workers": 0}, "--workers"), ({"address": "a:1"}, "--address needs --backend ray"),
+                           ({"workers": bound + 1}, rf"^--workers must be <= {bound} \(4 per CPU"),
                            ({"gpus_per_run": 1.0}, "--gpus-per-run needs --backend ray"),
-                           ({"threads": -1}, "--threads")):
+                           ({"threads": -1}, "--threads"), ({"connect_timeout": 0}, "--ray-timeout must be > 0"),
+                           ({"connect_timeout": float("inf")}, "--ray-timeout must be a finite number"),
+                           ({"connect_timeout": float("nan")}, "--ray-timeout must be a finite number"),
+                           ({"connect_timeout": "5"}, "--ray-timeout must be a finite number of seconds > 0")):
         with pytest.raises(ConfigError, match=needle):
             make_backend("local", **kwargs)
     with pytest.raises(ConfigError, match="--backend must be one of local, ray"):

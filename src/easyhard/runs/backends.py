@@ -6,22 +6,34 @@ serves every backend. Both backends call :func:`execute` in the worker, which tu
 run into a ``failed`` result (the sweep goes on); a worker that dies also yields a failed result.
 
 - ``local``: a ``ProcessPoolExecutor`` with the ``spawn`` start method and ``workers`` processes (default
-  ``os.cpu_count()``), ``workers`` runs in flight; each run sets ``torch.set_num_threads(threads)``
-  (default 1). A worker that dies fails the runs in flight; the queued runs go on in a fresh pool.
+  ``os.cpu_count()``, at most ``MAX_WORKERS_PER_CPU`` per CPU), ``workers`` runs in flight; each run sets
+  ``torch.set_num_threads(threads)`` (default 1). A worker that dies fails the runs in flight; the queued runs
+  go on in a fresh pool. The workers end when the sweep's process dies, even by SIGKILL (Linux: the kernel
+  kills them, ``PR_SET_PDEATHSIG``; elsewhere a watchdog thread in each worker exits within about a second).
 - ``ray``: one ``ray.remote`` task per run, 1 CPU each, on the cluster at ``address`` or on a local instance
   with ``num_cpus=workers`` that is shut down at the end. With GPUs in the cluster, tasks of experiments
   whose config has a ``device`` field request ``gpus_per_run`` GPUs (default 1), and ``device = "auto"``
-  becomes "cuda" for them ("cpu" for CPU-only tasks).
+  becomes "cuda" for them ("cpu" for CPU-only tasks). Joining ``address`` fails with a one-line ConfigError
+  when no Ray cluster answers within ``connect_timeout`` seconds (default 30): first a TCP connect to the
+  address (a closed port or an unreachable host fails at once, without Ray's retry warnings), then
+  ``ray.init`` bounded by what is left of the time. If the driver is killed (SIGKILL), the local instance's
+  GCS, raylet and task workers end within a few seconds by Ray's own fate sharing; its two idle agent
+  processes (dashboard agent, runtime-env agent) linger about 60 s (Ray 2.60: their last report to the dead
+  GCS times out) and then exit.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -30,12 +42,17 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from easyhard._validate import ConfigError, check_int_at_least, check_nonnegative
+from easyhard._validate import ConfigError, check_int_at_least, check_nonnegative, check_positive
 
 BACKENDS = ("local", "ray")
 
 RAY_EXTRA_MESSAGE = "`--backend ray` needs the 'ray' extra: pip install 'easyhard[ray]'"
+
+MAX_WORKERS_PER_CPU = 4  # --workers above this many per CPU is refused (a typo, not a plan)
+PARENT_POLL_S = 0.5  # how often the portable watchdog of a local worker looks for its parent
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -156,9 +173,51 @@ class Backend(Protocol):
 
 
 def _check_workers(workers: int | None) -> int:
+    """``workers`` (default: the CPU count) checked to lie in [1, MAX_WORKERS_PER_CPU x the CPU count]."""
+    cpus = os.cpu_count() or 1
     if workers is None:
-        return os.cpu_count() or 1
-    return check_int_at_least("--workers", workers, 1)
+        return cpus
+    workers = check_int_at_least("--workers", workers, 1)
+    bound = MAX_WORKERS_PER_CPU * cpus
+    if workers > bound:
+        raise ConfigError(f"--workers must be <= {bound} ({MAX_WORKERS_PER_CPU} per CPU, {cpus} CPUs here) "
+                          f"(got {workers})")
+    return workers
+
+
+def _set_pdeathsig() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    zero = ctypes.c_ulong(0)
+    return prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), zero, zero, zero) == 0
+
+
+def _watch_parent(parent: int, interval: float = PARENT_POLL_S) -> None:
+    """Return never: exit this process (``os._exit(1)``) as soon as its parent is no longer ``parent``."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initializer of local workers: the worker ends when ``parent`` (the process that started it) dies.
+
+    Linux: the kernel sends SIGKILL when the parent dies (strictly: when the parent thread that started the
+    worker ends; the backend starts workers from the thread that iterates :meth:`LocalBackend.run`); a parent
+    that died before this ran is caught by comparing ``os.getppid()`` afterwards, and the worker exits at once.
+    Elsewhere, or if ``prctl`` fails: a daemon thread exits the worker within ``PARENT_POLL_S`` seconds of
+    the parent's death.
+    """
+    if _set_pdeathsig():
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+        return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="easyhard-parent-watch").start()
 
 
 class LocalBackend:
@@ -172,7 +231,8 @@ class LocalBackend:
 
     def _pool(self, n_tasks: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=min(self.workers, n_tasks),
-                                   mp_context=multiprocessing.get_context("spawn"))
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
 
     def run(self, tasks: Sequence[Task]) -> Iterator[list[RunResult]]:
         """Keep ``workers`` runs in flight; yield the results that are ready each time one finishes.
@@ -218,13 +278,41 @@ class LocalBackend:
             pool.shutdown(wait=finished, cancel_futures=True)
 
 
+def _check_connect_timeout(seconds: float) -> float:
+    """``seconds`` as a float, checked to be a finite number > 0 (the CLI's --ray-timeout)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ConfigError(f"--ray-timeout must be a finite number of seconds > 0 (got {seconds!r})")
+    return check_positive("--ray-timeout", seconds)
+
+
+def _host_port(address: str) -> tuple[str | None, int | None]:
+    """Host and port of a Ray address ("HOST:PORT", "ray://HOST:PORT"); (host, None) without a port ("auto")."""
+    rest = address.split("://", 1)[-1]
+    try:
+        parts = urlsplit("//" + rest)
+        return parts.hostname, parts.port
+    except ValueError:
+        raise ConfigError(f"--address must be HOST:PORT, ray://HOST:PORT or auto (got {address!r})") from None
+
+
+class _DropRecords(logging.Filter):
+    """A logging filter that drops records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 class RayBackend:
     """One Ray task per run, on the cluster at ``address`` or on a local instance with ``workers`` CPUs."""
 
     name = "ray"
 
     def __init__(self, workers: int | None = None, address: str | None = None, gpus_per_run: float | None = None,
-                 threads: int | None = 1):
+                 threads: int | None = 1, connect_timeout: float = 30.0):
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -233,9 +321,55 @@ class RayBackend:
             raise ConfigError("--workers sets the CPUs of a local Ray instance; with --address the cluster's "
                               "resources decide (drop --workers)")
         self.workers = None if address is not None else _check_workers(workers)
+        if address is not None:
+            _host_port(address)  # a malformed address fails here, before a sweep starts
         self.address = address
         self.gpus_per_run = None if gpus_per_run is None else check_nonnegative("--gpus-per-run", gpus_per_run)
         self.threads = threads
+        self.connect_timeout = _check_connect_timeout(connect_timeout)
+
+    def _no_answer(self, reason: str) -> ConfigError:
+        return ConfigError(f"--address {self.address}: no Ray cluster answered within {self.connect_timeout:g} s "
+                           f"({reason}); check the address (the head node's HOST:PORT, or ray://HOST:PORT) "
+                           "or allow more time with --ray-timeout")
+
+    def _connect(self, ray: Any) -> None:
+        """Join the cluster at ``address`` within ``connect_timeout`` seconds, or raise ConfigError.
+
+        A TCP connect to the address comes first (a closed port or an unreachable host fails without Ray's
+        retry warnings); ``ray.init`` then runs in a daemon thread for what is left of the time. If it has
+        not returned by then, it is abandoned (it goes on retrying in the background until the process ends).
+        """
+        deadline = time.monotonic() + self.connect_timeout
+        host, port = _host_port(self.address)
+        if port is not None:
+            try:
+                socket.create_connection((host, port), timeout=self.connect_timeout).close()
+            except OSError as err:
+                raise self._no_answer(_one_line(err)) from None
+        outcome: list[BaseException | None] = []
+
+        def init() -> None:
+            try:
+                ray.init(address=self.address, logging_level=logging.WARNING)
+                outcome.append(None)
+            except BaseException as err:  # handed to the waiting thread
+                outcome.append(err)
+
+        thread = threading.Thread(target=init, daemon=True, name="easyhard-ray-connect")
+        quiet = _DropRecords("SIGTERM handler is not set")  # Ray's note on init outside the main thread
+        logging.getLogger("ray._private.worker").addFilter(quiet)
+        try:
+            thread.start()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            logging.getLogger("ray._private.worker").removeFilter(quiet)
+        if not outcome:
+            raise self._no_answer("the port accepts connections, but Ray did not connect")
+        if isinstance(outcome[0], ConnectionError):  # Ray gave up (e.g. the cluster refused this driver)
+            raise ConfigError(f"--address {self.address}: {_one_line(outcome[0])}") from outcome[0]
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def _gpus_per_task(self, tasks: Sequence[Task], cluster_gpus: float) -> float:
         wants_device = any("device" in task.config for task in tasks)
@@ -254,9 +388,10 @@ class RayBackend:
             return
         started_here = False
         if not ray.is_initialized():
-            options = {"address": self.address} if self.address else {"num_cpus": self.workers,
-                                                                        "include_dashboard": False}
-            ray.init(**options, logging_level=logging.WARNING)
+            if self.address:
+                self._connect(ray)
+            else:
+                ray.init(num_cpus=self.workers, include_dashboard=False, logging_level=logging.WARNING)
             started_here = True
         refs: dict = {}
         pending: list = []
@@ -288,17 +423,22 @@ class RayBackend:
 
 
 def make_backend(name: str = "local", *, workers: int | None = None, address: str | None = None,
-                 gpus_per_run: float | None = None, threads: int | None = 1) -> Backend:
-    """The backend called ``name`` (``local`` or ``ray``); ConfigError for options it does not take."""
+                 gpus_per_run: float | None = None, threads: int | None = 1, connect_timeout: float = 30.0) -> Backend:
+    """The backend called ``name`` (``local`` or ``ray``); ConfigError for options it does not take.
+
+    ``connect_timeout``: seconds within which the Ray cluster at ``address`` must answer (checked to be
+    finite and > 0 for every backend; only ``ray`` with an ``address`` uses it).
+    """
     from easyhard._validate import check_choice
 
     check_choice("--backend", name, BACKENDS)
     if threads is not None:
         threads = check_int_at_least("--threads", threads, 0) or None
+    connect_timeout = _check_connect_timeout(connect_timeout)
     if name == "local":
         if address is not None:
             raise ConfigError("--address needs --backend ray")
         if gpus_per_run is not None:
             raise ConfigError("--gpus-per-run needs --backend ray")
         return LocalBackend(workers, threads)
-    return RayBackend(workers, address, gpus_per_run, threads)
+    return RayBackend(workers, address, gpus_per_run, threads, connect_timeout)
