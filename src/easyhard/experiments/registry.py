@@ -427,33 +427,68 @@ def config_to_dict(config) -> dict[str, Any]:
 
 # ----- cells -----------------------------------------------------------------------------------------------
 
+class CellsFailed(RuntimeError):
+    """Some cells failed, or gave a result that cannot be used (the one-line message names them; finished
+    cells are kept in the cache, so running the command again retries only these)."""
+
+
 @dataclass(frozen=True)
 class CellCache:
-    """One JSON per finished cell under ``folder`` ({"config", "metrics"}), named after the cell's label.
+    """One checked JSON per finished cell under ``folder``, named after the cell's label.
 
-    A cell whose saved config differs is run again. :meth:`checkpoint` names the resumable state of an
-    unfinished cell by its config, so a changed cell starts afresh (stale checkpoints are removed).
+    A cell file is written by :func:`easyhard._io.write_checked_json` (kind ``"cell"``, the config hash
+    :func:`~easyhard._io.json_sha256` of the cell's config, data ``{"label", "config", "metrics"}``: the config
+    stays readable). :meth:`load` gives a cell's metrics only if its file verifies; a missing, unreadable,
+    corrupted, foreign or stale file, or one holding a non-finite number, gives None, so the cell is run
+    again and its file rewritten: nothing unverified is used and no file error escapes. :meth:`checkpoint`
+    names the resumable state of an unfinished cell by its config, so a changed cell starts afresh (stale
+    checkpoints are removed). ConfigError (one line naming it) if ``folder`` exists and is not a folder.
     """
 
     folder: Path
 
+    KIND = "cell"
+
+    def __post_init__(self):
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"{self.folder} must be a folder (the cache of finished cells), not a file")
+
     def path(self, label: str) -> Path:
         return self.folder / (re.sub(r"[^A-Za-z0-9_.,+-]", "", label.replace(" ", "_")) + ".json")
 
+    @staticmethod
+    def problem(metrics: Any) -> str | None:
+        """Why ``metrics`` cannot be a cell's (or a sweep run's) result: not a dict, or a non-finite number in it
+        (named by its path, e.g. ``metric ['times'][3] is not finite``); None if it can."""
+        from easyhard._io import nonfinite_path
+
+        if not isinstance(metrics, dict):
+            return f"the result is a {type(metrics).__name__}, not a dict of metrics"
+        where = nonfinite_path(metrics)
+        return None if where is None else f"metric {where} is not finite (NaN or infinity)"
+
     def load(self, label: str, config_dict: dict) -> dict | None:
-        path = self.path(label)
-        if not path.exists():
-            return None
+        """The verified metrics of the cell ``label`` with this config, or None (not finished, or unusable)."""
+        from easyhard._io import CorruptedFile, json_sha256, read_checked_json
+
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
+            saved = read_checked_json(self.path(label), self.KIND, json_sha256(config_dict))
+        except (FileNotFoundError, CorruptedFile):
             return None
-        return saved["metrics"] if isinstance(saved, dict) and saved.get("config") == config_dict else None
+        if not isinstance(saved, dict) or saved.get("config") != config_dict:
+            return None
+        metrics = saved.get("metrics")
+        return metrics if self.problem(metrics) is None else None
 
     def save(self, label: str, config_dict: dict, metrics: dict) -> None:
-        from easyhard._io import atomic_write_json
+        """Write the cell's file (``metrics`` must pass :meth:`problem`: ValueError otherwise, nothing written)."""
+        from easyhard._io import json_sha256, write_checked_json
 
-        atomic_write_json(self.path(label), {"config": config_dict, "metrics": metrics})
+        problem = self.problem(metrics)
+        if problem is not None:
+            raise ValueError(f"cell {label!r} cannot be cached: {problem}")
+        write_checked_json(self.path(label), {"label": label, "config": config_dict, "metrics": metrics},
+                           self.KIND, json_sha256(config_dict))
 
     def checkpoint(self, label: str, config_dict: dict) -> Path:
         path = self.path(label)
@@ -467,7 +502,11 @@ class CellCache:
 
 def run_cells_inline(experiment: str, cells: Sequence[tuple[str, Any]], cache_dir: Path | None,
                      progress: Progress | None = None) -> dict[str, dict]:
-    """The default :class:`CellRunner`: every cell in this process, in order, each resumable from its checkpoint."""
+    """The default :class:`CellRunner`: every cell in this process, in order, each resumable from its checkpoint.
+
+    Cells whose cache file verifies (:meth:`CellCache.load`) are reused, every other cell is run again. A cell
+    whose fresh result is not a dict of finite numbers raises :class:`CellsFailed` naming it (not cached).
+    """
     exp = get_experiment(experiment)
     cache = None if cache_dir is None else CellCache(Path(cache_dir))
     out = {}
@@ -477,6 +516,9 @@ def run_cells_inline(experiment: str, cells: Sequence[tuple[str, Any]], cache_di
         if metrics is None:
             checkpoint = None if cache is None else cache.checkpoint(label, config_dict)
             metrics = exp.run(config, RunContext(out_dir=cache_dir, checkpoint=checkpoint))
+            problem = CellCache.problem(metrics)
+            if problem is not None:
+                raise CellsFailed(f"cell {label} of {experiment} failed: {problem}; run the command again to retry it")
             if cache is not None:
                 cache.save(label, config_dict, metrics)
         out[label] = metrics

@@ -36,7 +36,7 @@ from easyhard._validate import (
 )
 from easyhard.data import MixedCumulantModel
 from easyhard.experiments._text import text_table
-from easyhard.experiments.registry import Experiment, Option, RunContext
+from easyhard.experiments.registry import CellsFailed, Experiment, Option, RunContext
 from easyhard.metrics import bootstrap_scaling, km_median, km_quantile
 from easyhard.models import Committee
 from easyhard.theory import MCMSettings, NeuronSettings
@@ -302,11 +302,26 @@ def _phase_summary(config: ScalingConfig, cells: list[dict]) -> dict:
     return {"d": d, "x": xs.tolist(), "rows": rows}
 
 
+def _check_times(metrics: dict[str, dict]) -> None:
+    """CellsFailed naming the first cell whose recovery times are not a list of finite numbers: a NaN time
+    would otherwise count as a run that never recovered (and a fit would blame the step budget)."""
+    for label, cell in metrics.items():
+        times = cell.get("times")
+        bad = "missing" if not isinstance(times, list) else next(
+            (f"times[{i}] = {t!r}" for i, t in enumerate(times)
+             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)), None)
+        if bad is not None:
+            raise CellsFailed(f"cell {label} of scaling gave unusable recovery times ({bad}); "
+                              "its result is not fitted: run the command again to recompute it")
+
+
 def run_scaling(config: ScalingConfig, ctx: RunContext | None = None) -> dict:
     """Run every cell through ``ctx``'s cell runner (finished ones are reused from ``OUT/cells``), fit the
-    laws and check the acceptance."""
+    laws and check the acceptance. CellsFailed (one line naming the cell) if a cell's recovery times are not
+    finite numbers, rather than a fit that reads them as censored runs."""
     cal = s1_calibration(config.zeta)
     metrics = (ctx or RunContext()).run_cells("recovery", config.all_cells())
+    _check_times(metrics)
     parts = {p.name: _fit_part(p, [metrics[f"{p.name} d={d}"] for d in p.dims], config.n_boot, cal)
              for p in config.parts}
     canonical = _canonical_summary([metrics[f"canonical d={d}"] for d in config.canonical_dims])

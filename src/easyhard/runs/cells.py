@@ -4,7 +4,9 @@
 in the cache folder become tasks of a :mod:`easyhard.runs.backends` backend (local processes or Ray); each
 result is written to the cache as it arrives, so an interrupted reproduction loses only the cells in
 flight and a rerun skips the finished ones. The results are what the in-process runner gives: the same
-configs run by the same function, read back from the same JSON.
+configs run by the same function, read back from the same checked JSON. A cached cell is reused only if its
+file verifies (:class:`~easyhard.experiments.registry.CellCache`), else it runs again; a worker's result that
+is not a dict of finite numbers counts as a failed cell (a one-line reason, nothing cached).
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from easyhard.experiments.registry import CellCache, Progress, config_to_dict, resolve_target
+from easyhard.experiments.registry import CellCache, CellsFailed, Progress, config_to_dict, resolve_target
 from easyhard.runs.backends import Backend, Task
 
-
-class CellsFailed(RuntimeError):
-    """Some cells failed in their workers (the message lists them; finished cells are kept)."""
+__all__ = ["BackendCells", "CellsFailed"]
 
 
 class BackendCells:
@@ -51,6 +51,10 @@ class BackendCells:
                     failed[result.run_id] = result.error or "unknown error"
                     continue
                 metrics = json.loads(result.metrics_json)
+                problem = CellCache.problem(metrics)
+                if problem is not None:
+                    failed[result.run_id] = problem
+                    continue
                 if cache is not None:
                     cache.save(result.run_id, dicts[result.run_id], metrics)
                 out[result.run_id] = metrics

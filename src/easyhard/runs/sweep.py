@@ -16,14 +16,22 @@ Layout of the output folder OUT::
     OUT/runs/<id>/config.json   experiment, full config, swept fields
     OUT/runs/<id>/metrics.json  everything run() returned
     OUT/runs/<id>/environment.json
-    OUT/runs/<id>/status.json   state (done / failed), wall seconds, backend, error; written last
+    OUT/runs/<id>/status.json   state (done / failed), wall seconds, backend, error, the SHA-256 of the
+                                metrics and of the config (:func:`easyhard._io.json_sha256`); written last
 
 The run id is the first 12 hex digits of the SHA-256 of the canonical JSON of ``[experiment, config]`` with
 the full config (defaults included, after validation), so the same run gets the same folder in any sweep.
-Re-running a sweep skips runs whose status says done (and whose metrics.json exists) and retries failed ones.
-Every file is written atomically (temporary file + rename), status.json last: a killed sweep loses at most the
-runs in progress. Table columns: ``run_id``, the swept fields (bare names), ``config.<field>`` for every config
-field, ``metrics.<name>`` for every scalar metric (lists and dicts stay in metrics.json); wall time is in
+Re-running a sweep skips the runs that are done and retries failed ones. A run is done only if its folder
+verifies (:func:`run_state`): status.json says done, metrics.json parses to a dict of finite numbers with the
+checksum in status.json, and config.json holds the run's own config; any other folder is pending and runs
+again, so nothing unverified reaches the table. A run whose metrics hold NaN or infinity is recorded as
+failed (a one-line error naming the metric), never as a number. Every file is written atomically (temporary
+file + rename), status.json last: a killed sweep loses at most the runs in progress. OUT, OUT/runs and the
+run folders must be folders and sweep.json, results.parquet and the run files files: else ConfigError
+(one line naming the path) before any run starts.
+
+Table columns: ``run_id``, the swept fields (bare names), ``config.<field>`` for every config field,
+``metrics.<name>`` for every scalar metric (lists and dicts stay in metrics.json); wall time is in
 status.json only, so tables from different backends compare equal.
 """
 
@@ -38,12 +46,14 @@ import json
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from easyhard._io import json_sha256, nonfinite_path
 from easyhard._validate import ConfigError
 from easyhard.experiments.registry import (
+    CellCache,
     canonical_json,
     config_fields,
     config_to_dict,
@@ -61,6 +71,7 @@ SPEC_KEYS = ("experiment", "base", "grid")
 TABLE_FILE = "results.parquet"
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
+RUN_FILES = ("config.json", "metrics.json", "environment.json", "status.json")
 ID_LENGTH = 12
 SCALARS = (str, int, float, bool, type(None))
 
@@ -107,7 +118,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class SweepSummary:
-    """Outcome of :func:`run_sweep`: counts of this invocation and where the table is."""
+    """Outcome of :func:`run_sweep`: counts of this invocation and where the table is. ``discarded``: the runs
+    whose status said done but whose folder did not verify (:func:`run_state`), run again."""
 
     out: Path
     table: Path
@@ -115,6 +127,7 @@ class SweepSummary:
     done: int
     skipped: int
     failed: dict[str, str]  # run id -> one-line error
+    discarded: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -257,25 +270,73 @@ def run_dir(out: str | Path, rid: str) -> Path:
 
 
 def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None if it cannot be read or parsed (NaN and infinity parse as floats)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
         return None
 
 
-def run_state(out: str | Path, rid: str) -> str:
-    """``done`` (status done and metrics.json present), ``failed`` (last attempt failed) or ``pending``."""
+def _verified_metrics(folder: Path, rid: str, status: Mapping[str, Any]) -> dict | None:
+    """The metrics of a run whose status says done if its folder verifies, else None: metrics.json is a dict
+    of finite numbers matching ``metrics_sha256`` in status.json, and config.json is the run's (its experiment
+    and config give the id ``rid``, its config matches ``config_sha256``)."""
+    metrics, record = _read_json(folder / "metrics.json"), _read_json(folder / "config.json")
+    if not isinstance(metrics, dict) or nonfinite_path(metrics) is not None or not isinstance(record, dict):
+        return None
+    experiment, config = record.get("experiment"), record.get("config")
+    if not isinstance(experiment, str) or not isinstance(config, dict) or record.get("run_id") != rid:
+        return None
+    try:
+        ok = (json_sha256(metrics) == status.get("metrics_sha256") and json_sha256(config) == status.get(
+            "config_sha256") and run_id(experiment, config) == rid)
+    except (TypeError, ValueError):  # a config that is not canonical JSON (NaN, odd types)
+        return None
+    return metrics if ok else None
+
+
+def _saved_run(out: str | Path, rid: str) -> tuple[str, dict | None]:
+    """(state, metrics) of run ``rid`` in ``out``: ("done", verified metrics), ("failed", None), ("pending",
+    None), or ("discarded", None) when status.json says done but the folder does not verify."""
     folder = run_dir(out, rid)
     status = _read_json(folder / "status.json")
     state = status.get("state") if isinstance(status, dict) else None
-    if state == "done" and (folder / "metrics.json").is_file():
-        return "done"
-    return "failed" if state == "failed" else "pending"
+    if state == "done":
+        metrics = _verified_metrics(folder, rid, status)
+        return ("done", metrics) if metrics is not None else ("discarded", None)
+    return ("failed" if state == "failed" else "pending"), None
+
+
+def run_state(out: str | Path, rid: str) -> str:
+    """``done`` (status done and the folder verifies: metrics.json a dict of finite numbers with the recorded
+    checksum, config.json the run's config), ``failed`` (last attempt failed) or ``pending`` (anything else:
+    the run is run again)."""
+    state = _saved_run(out, rid)[0]
+    return "pending" if state == "discarded" else state
+
+
+def check_layout(out: str | Path, runs: Sequence[RunSpec] = ()) -> None:
+    """ConfigError (one line naming the path) unless ``out``, ``out/runs`` and the folders of ``runs`` are
+    folders (or absent) and sweep.json, results.parquet and each run's files are files (or absent)."""
+    out = Path(out)
+    folders = [out, out / RUNS_DIR, *(run_dir(out, run.run_id) for run in runs)]
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder} must be a folder of the sweep's output (--out), not a file")
+    files = [out / SWEEP_FILE, out / TABLE_FILE, *(run_dir(out, run.run_id) / name for run in runs
+                                                    for name in RUN_FILES)]
+    for path in files:
+        if path.is_dir():
+            raise ConfigError(f"{path} must be a file of the sweep's output (--out), not a folder")
 
 
 def plan_sweep(spec: SweepSpec, out: str | Path) -> list[tuple[RunSpec, str]]:
-    """The runs of the sweep with their current state in ``out`` (what ``--dry-run`` lists); writes nothing."""
-    return [(run, run_state(out, run.run_id)) for run in expand(spec)]
+    """The runs of the sweep with their current state in ``out`` (what ``--dry-run`` lists); writes nothing.
+
+    ConfigError if ``out`` is laid out wrongly (:func:`check_layout`)."""
+    runs = expand(spec)
+    check_layout(out, runs)
+    return [(run, run_state(out, run.run_id)) for run in runs]
 
 
 def _write_config(out: Path, run: RunSpec) -> None:
@@ -284,8 +345,21 @@ def _write_config(out: Path, run: RunSpec) -> None:
                        "swept": run.swept})
 
 
-def _write_result(out: Path, run: RunSpec, result: RunResult) -> None:
-    """config.json, metrics.json (done) and environment.json, then status.json last."""
+def _checked(result: RunResult) -> tuple[RunResult, dict | None]:
+    """(result, metrics): a done result whose metrics are not a dict of finite numbers becomes a failed one
+    (one-line error naming the metric; metrics None)."""
+    if result.state != "done":
+        return result, None
+    metrics = json.loads(result.metrics_json)
+    problem = CellCache.problem(metrics)
+    if problem is None:
+        return result, metrics
+    return replace(result, state="failed", metrics_json=None, traceback=None, error=f"{problem}: not recorded"), None
+
+
+def _write_result(out: Path, run: RunSpec, result: RunResult, metrics: dict | None) -> None:
+    """config.json, metrics.json (done, ``metrics`` parsed from it) and environment.json, then status.json last,
+    with the checksums that :func:`run_state` verifies."""
     folder = run_dir(out, run.run_id)
     _write_config(out, run)
     if result.state == "done":
@@ -297,7 +371,8 @@ def _write_result(out: Path, run: RunSpec, result: RunResult) -> None:
     atomic_write_json(folder / "status.json", {
         "run_id": run.run_id, "state": result.state, "wall_s": result.wall_s, "backend": result.backend,
         "started": result.started, "finished": result.finished, "host": result.host, "device": result.device,
-        "error": result.error, "traceback": result.traceback})
+        "error": result.error, "traceback": result.traceback, "config_sha256": json_sha256(run.config_dict),
+        "metrics_sha256": None if metrics is None else json_sha256(metrics)})
 
 
 # ----- the results table ----------------------------------------------------------------------------------
@@ -394,23 +469,27 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, backend: str | Backend = "loc
     ``backend``: "local" (worker processes) or "ray", with ``workers``, ``address``, ``gpus_per_run`` and
     ``threads`` as in :func:`easyhard.runs.backends.make_backend`, or a backend object. ``progress`` is called
     after each finished run. The table is rewritten after each batch of finished runs (at most every
-    ``table_interval_s`` seconds) and at the end. Everything is validated before any run starts.
+    ``table_interval_s`` seconds) and at the end. Everything is validated before any run starts, the layout
+    of ``out`` included (:func:`check_layout`). The table holds only verified metrics: saved runs that do not
+    verify run again (counted in ``discarded``), fresh metrics with NaN or infinity make a failed run.
     """
     check_table_extra()
     runs = expand(spec)
+    check_layout(out, runs)
     if isinstance(backend, str):
         backend = make_backend(backend, workers=workers, address=address, gpus_per_run=gpus_per_run,
                                threads=threads)
     out = Path(out)
     by_id = {run.run_id: run for run in runs}
     metrics: dict[str, dict] = {}
-    todo = []
+    todo, discarded = [], []
     for run in runs:
-        if run_state(out, run.run_id) == "done":
-            loaded = _read_json(run_dir(out, run.run_id) / "metrics.json")
-            if isinstance(loaded, dict):
-                metrics[run.run_id] = loaded
-                continue
+        state, loaded = _saved_run(out, run.run_id)
+        if loaded is not None:
+            metrics[run.run_id] = loaded
+            continue
+        if state == "discarded":
+            discarded.append(run.run_id)
         todo.append(run)
     skipped = len(runs) - len(todo)
     record = {**spec.to_dict(), "swept": list(spec.grid), "run_ids": [run.run_id for run in runs],
@@ -424,9 +503,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, backend: str | Backend = "loc
         for batch in batches:
             for result in batch:
                 run = by_id[result.run_id]
-                _write_result(out, run, result)
-                if result.state == "done":
-                    metrics[run.run_id] = json.loads(result.metrics_json)
+                result, fresh = _checked(result)
+                _write_result(out, run, result, fresh)
+                if fresh is not None:
+                    metrics[run.run_id] = fresh
                     done += 1
                 else:
                     failed[run.run_id] = result.error or "unknown error"
@@ -445,6 +525,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, backend: str | Backend = "loc
             pass
         raise
     table = write_table(out, runs, metrics)
-    summary = {"done": done, "skipped": skipped, "failed": len(failed), "finished": _now()}
+    summary = {"done": done, "skipped": skipped, "failed": len(failed), "discarded": len(discarded),
+               "finished": _now()}
     atomic_write_json(out / SWEEP_FILE, record | {"summary": summary})
-    return SweepSummary(out, table, tuple(by_id), done, skipped, failed)
+    return SweepSummary(out, table, tuple(by_id), done, skipped, failed, tuple(discarded))
