@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from easyhard._io import CorruptedFile, atomic_write_json, json_sha256, read_checked_json, write_checked_json
 from easyhard._validate import ConfigError, check_choice, check_device, check_int_at_least, check_positive
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
@@ -51,7 +52,9 @@ from easyhard.metrics import (
     bootstrap_replicates, bootstrap_scaling, copies_from_distances, denoiser_distance, denoiser_similarity, eps_loss,
     extremum_step, first_crossing, first_near_best, fixed_noise, kl_to_density, km_median, knn_divergence,
     log_slope, mean_log_likelihood, nearest_neighbours, nearest_similarity, paired_similarity, percentile_interval)
+from easyhard.train.divergence import DivergenceError
 from easyhard.train.ensemble import EnsembleTrainConfig, Splits
+from easyhard.train.finite import RESTART_HINT, STATE_FILE
 
 DATA = ("mixture", "patches", "cifar10")
 RECORDS_FILE = "records.json"
@@ -410,35 +413,159 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
 
 
 # ============================================================================================ running
+RECORDS_KIND = "memorization-records"
+
+
+def _record_shapes(config: MemorizationConfig) -> dict[str, tuple[int, ...]]:
+    """The measurements of one record (:func:`evaluate`) and their shapes: the schema of records.json."""
+    E, S, N, K, L = config.members, config.seeds, len(config.ns), config.splits, config.loss_levels
+    shapes = {"test_loss": (E, L), "train_loss": (E, L), "emp_distance": (E, L), "copies": (E, len(config.thresholds)),
+              "nn_distance": (E,), "kl": (E,), "floor": (E,), "similarity": (S, N, K * (K - 1) // 2),
+              "delta_nn": (S, N), "score_train": (S, N), "score_test": (S, N)}
+    if config.data == "mixture":
+        shapes.update(exact_distance=(E, L), log_likelihood=(E,))
+    return shapes
+
+
+#: the measurements that may be non-finite: the k-NN KL estimates are inf for collapsed samples
+#: (:func:`~easyhard.metrics.kl_to_density`) and :func:`analyse` reads any non-finite value of them as inf
+NONFINITE_OK = ("kl",)
+_NONFINITE_TEXT = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+
+
+def _encode(value: object, where: str, nonfinite_ok: bool) -> object:
+    """A measurement as JSON, with non-finite numbers as "inf", "-inf" or "nan" where ``nonfinite_ok``, else
+    :class:`~easyhard.train.divergence.DivergenceError` naming ``where`` (never a silent NaN)."""
+    if isinstance(value, list):
+        return [_encode(v, where, nonfinite_ok) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        if not nonfinite_ok:
+            raise DivergenceError(f"{where} is {value}: the models' outputs are not finite")
+        return "nan" if np.isnan(value) else "inf" if value > 0 else "-inf"
+    return value
+
+
+def _decode(value: object, nonfinite_ok: bool) -> object:
+    """Inverse of :func:`_encode`; ValueError for anything but numbers (and their texts where ``nonfinite_ok``)
+    in nested lists."""
+    if isinstance(value, list):
+        return [_decode(v, nonfinite_ok) for v in value]
+    if nonfinite_ok and isinstance(value, str) and value in _NONFINITE_TEXT:
+        return _NONFINITE_TEXT[value]
+    if type(value) not in (int, float):
+        raise ValueError(f"{value!r} is not a number")
+    return value
+
+
+def _write_records(path: Path, records: list[dict], config_hash: str) -> None:
+    """records.json: the records as a checked file of this config (:func:`~easyhard._io.write_checked_json`)."""
+    encoded = [{k: _encode(v, f"measurement {k} at step {r['step']}", k in NONFINITE_OK) for k, v in r.items()}
+               for r in records]
+    write_checked_json(path, encoded, RECORDS_KIND, config_hash)
+
+
+def _read_records(path: Path, config: MemorizationConfig, config_hash: str, done: int) -> list[dict]:
+    """The records of the checkpoints up to the saved step ``done``, verified: a checked file of this config
+    (:func:`~easyhard._io.read_checked_json`), one record per checkpoint <= ``done`` in order (later ones are
+    dropped: measured before the state was saved), each with the measurements of :func:`_record_shapes`.
+    CorruptedFile naming ``path`` otherwise (also when it is missing)."""
+    if not path.exists():
+        raise CorruptedFile(path, f"missing while {STATE_FILE} exists", RESTART_HINT)
+    try:
+        data = read_checked_json(path, RECORDS_KIND, config_hash)
+    except CorruptedFile as err:  # its message says what is wrong; add what to do
+        err.args = (f"{err}; {RESTART_HINT}",)
+        raise
+    shapes = _record_shapes(config)
+    expected = [c for c in config.train.checkpoint_steps() if c <= done]
+    if not isinstance(data, list) or not all(isinstance(r, dict) and type(r.get("step")) is int for r in data):
+        raise CorruptedFile(path, "not a list of records with integer steps", RESTART_HINT)
+    records = [r for r in data if r["step"] <= done]
+    if [r["step"] for r in records] != expected:
+        raise CorruptedFile(path, f"its steps are not the checkpoints up to step {done}", RESTART_HINT)
+    decoded = []
+    for r in records:
+        if set(r) != {"step", *shapes}:
+            raise CorruptedFile(path, f"the record of step {r['step']} has other measurements", RESTART_HINT)
+        try:
+            values = {k: _decode(r[k], k in NONFINITE_OK) for k in shapes}
+            bad = next((k for k in shapes if np.asarray(values[k], dtype=np.float64).shape != shapes[k]), None)
+        except ValueError as err:
+            raise CorruptedFile(path, f"the record of step {r['step']}: {err}", RESTART_HINT) from None
+        if bad is not None:
+            raise CorruptedFile(path, f"{bad} of step {r['step']} is not of shape {shapes[bad]}", RESTART_HINT)
+        decoded.append({"step": r["step"], **values})
+    return decoded
+
+
+def _read_config(path: Path) -> dict:
+    """config.json of a saved run (plain JSON); CorruptedFile naming it if it is missing or not a JSON object."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CorruptedFile(path, f"missing while {STATE_FILE} exists", RESTART_HINT) from None
+    except (OSError, ValueError) as err:
+        raise CorruptedFile(path, f"{type(err).__name__}: {' '.join(str(err).split())[:120]}", RESTART_HINT) from None
+    if not isinstance(data, dict):
+        raise CorruptedFile(path, f"a JSON {type(data).__name__}, not an object", RESTART_HINT)
+    return data
+
+
+def _saved_run(out: Path, config: MemorizationConfig, config_json: dict, model: torch.nn.Module,
+               device: torch.device) -> tuple[list[dict], int]:
+    """(records, step) of the run saved in ``out``: config.json equal to ``config_json``, the training state
+    verified against ``model`` (:func:`~easyhard.train.finite.check_state`) and the records up to its step
+    (:func:`_read_records`). CorruptedFile naming the first file that cannot be used."""
+    from easyhard.train.finite import check_state
+
+    config_path = out / "config.json"
+    if _read_config(config_path) != config_json:
+        raise CorruptedFile(config_path, "it holds a run with another config", f"use a new --out, or {RESTART_HINT}")
+    done = check_state(out / STATE_FILE, model, config.train.loop(device))
+    return _read_records(out / RECORDS_FILE, config, json_sha256(config_json), done), done
+
+
 def run_memorization(config: MemorizationConfig, out_dir: str | Path,
-                     progress: Callable[[int], None] | None = None) -> dict:
+                     progress: Callable[[int], None] | None = None, restart: bool = False) -> dict:
     """Train the ensemble with measurements at every checkpoint, then analyse (:func:`analyse`).
 
-    Output folder: config.json, records.json (one entry per checkpoint, written atomically after each) and
-    the training state; a rerun with the same config resumes from the last checkpoint, and a finished
-    run is only re-analysed.
+    Output folder: config.json (the config, plain JSON), records.json (one entry per checkpoint, a checked file
+    rewritten atomically after each: :func:`~easyhard._io.write_checked_json` of kind "memorization-records"
+    for this config) and the training state. A rerun with the same config verifies all three
+    (:func:`_saved_run`) and resumes from the last checkpoint, or, for a finished run, only re-analyses; its
+    results equal those of an uninterrupted run. A file that cannot be used is a CorruptedFile naming it,
+    or, with ``restart``, the saved run is deleted and training starts over; nothing unverified is used.
     """
     from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
-    from easyhard._io import atomic_write_json
-    from easyhard.train.ensemble import STATE_FILE, train_ensemble
+    from easyhard.train.ensemble import train_ensemble
 
     torch.set_num_threads(config.threads)
     torch.set_flush_denormal(True)  # denormals slow late training ~10x on CPU (docs/theory/generalization.md section 11.4)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_json = json.loads(json.dumps(config.to_dict()))
-    config_path, records_path = out / "config.json", out / RECORDS_FILE
-    resume = (out / STATE_FILE).exists()
-    if resume and json.loads(config_path.read_text()) != config_json:
-        raise ConfigError(f"{out} holds a run with another config; use a new --out")
-    atomic_write_json(config_path, config_json)
-    records: list[dict] = json.loads(records_path.read_text()) if resume and records_path.exists() else []
+    config_hash = json_sha256(config_json)
+    saved_files = [out / "config.json", out / RECORDS_FILE, out / STATE_FILE]
     schedule = DDPMSchedule(T=config.T)
     problem = make_problem(config)
     device = torch.device(config.device)
-    probe = make_probe(config, problem, schedule).to(device)
     model = EnsembleMLP(EnsembleConfig(config.members, problem.test.shape[1], config.width, config.depth,
-                                       config.time_dim, time_scale=config.time_scale), torch.Generator().manual_seed(config.train.seed + 1))
+                                       config.time_dim, time_scale=config.time_scale),
+                        torch.Generator().manual_seed(config.train.seed + 1))
+    records: list[dict] = []
+    done = 0
+    resume = (out / STATE_FILE).exists()
+    if resume:
+        try:
+            records, done = _saved_run(out, config, config_json, model, device)
+        except CorruptedFile:
+            if not restart:
+                raise
+            for path in saved_files:
+                path.unlink(missing_ok=True)
+            resume = False
+    atomic_write_json(out / "config.json", config_json)
+    probe = make_probe(config, problem, schedule).to(device)
     model = model.to(device)
     centres = problem.centres
     train_splits = Splits((problem.splits.data - centres).to(device), problem.splits.counts.to(device))
@@ -446,17 +573,11 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
     def on_checkpoint(step: int, net: torch.nn.Module) -> None:
         records[:] = [r for r in records if r["step"] < step]
         records.append({"step": step, **evaluate(net, config, problem, probe, schedule, centres)})
-        atomic_write_json(records_path, records)
+        _write_records(out / RECORDS_FILE, records, config_hash)
 
-    if resume:
-        from easyhard._io import load_tensors
-
-        _, meta = load_tensors(out / STATE_FILE)
-        done = int(meta["step"])
-        records[:] = [r for r in records if r["step"] <= done]
-        if progress is not None:
-            progress(done)
-    if not resume or done < config.train.steps:
+    if progress is not None and done:
+        progress(done)
+    if done < config.train.steps:
         train_ensemble(model, train_splits, schedule, config.train, out, resume=resume, on_checkpoint=on_checkpoint,
                        progress=progress)
     return analyse(config, records)
@@ -578,12 +699,12 @@ def _checks(config: MemorizationConfig, result: dict, tau_main: np.ndarray, fit_
 
 # ========================================================================================== experiment
 def _run(config: MemorizationConfig, ctx: RunContext | None = None) -> dict:
-    """:func:`run_memorization` in ``ctx.out_dir / "memorization"`` (progress: training steps); the results
-    carry the config."""
+    """:func:`run_memorization` in ``ctx.out_dir / "memorization"`` (progress: training steps; ``ctx.restart``:
+    discard a saved run that cannot be used); the results carry the config."""
     ctx = ctx or RunContext()
     if ctx.out_dir is None:
         raise ConfigError("the memorization experiment needs an output folder for its training state")
-    results = run_memorization(config, Path(ctx.out_dir) / "memorization", ctx.progress)
+    results = run_memorization(config, Path(ctx.out_dir) / "memorization", ctx.progress, ctx.restart)
     return {**results, "config": config.to_dict()}
 
 

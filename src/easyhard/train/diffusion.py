@@ -99,8 +99,9 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule
     """Train ``model`` (``model(x_t, i, schedule) -> eps_hat``) on ``data`` (n, ...) and write checkpoints.
 
     ``on_checkpoint(step, model, ema)`` runs at every checkpoint step (measurements), before the state is
-    saved. ``resume=True`` continues from ``out_dir/state.pt`` (ConfigError if it is missing, unreadable
-    or from another config); without it an existing state is an error too, so nothing is overwritten.
+    saved. ``resume=True`` continues from ``out_dir/state.pt`` (ConfigError if it is missing, CorruptedFile if it
+    cannot be used: :func:`~easyhard.train.finite.check_state`); without it an existing state is an error too,
+    so nothing is overwritten.
     """
     dev = torch.device(config.device)
     data = data.to(dev)

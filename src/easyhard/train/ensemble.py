@@ -114,8 +114,9 @@ def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, con
     """Train every member of ``model`` (``model(x_t (E, B, d), i (E, B), schedule)``) on its split.
 
     Returns the mean training loss per checkpoint interval, averaged over members. ``resume=True``
-    continues from ``out_dir/state.pt`` (ConfigError if missing, unreadable or from another config);
-    without it an existing state is an error, so nothing is overwritten.
+    continues from ``out_dir/state.pt`` (ConfigError if missing, CorruptedFile if it cannot be used:
+    :func:`~easyhard.train.finite.check_state`); without it an existing state is an error, so nothing is
+    overwritten.
     """
     measure = None if on_checkpoint is None else (lambda step, net, _ema: on_checkpoint(step, net))
     result = train_loop(model, lambda gen: splits.draw(config.batch_size, gen, config.batches), schedule,

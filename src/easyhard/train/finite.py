@@ -15,6 +15,10 @@ state, step, the caller's config and the log) is written atomically, and, if ask
 ``snapshots/step-XXXXXXX.pt`` (model and EMA weights) and ``train_log.json``. ``resume=True`` continues
 from the state: a resumed run ends with the weights of an uninterrupted one (on CPU), and a run stopped
 inside a measurement repeats that measurement. Every file is read with ``torch.load(weights_only=True)``.
+A state is used only after its checksum and a schema check against the live run (:func:`check_state`:
+config, step in [0, steps], every tensor of the live key, dtype and shape and finite, the optimizer and
+scheduler at that step); anything else is a :class:`~easyhard._io.CorruptedFile` naming the file and
+:data:`RESTART_HINT`, raised before anything is loaded.
 Non-finite losses stop the run with :class:`DivergenceError` (checked at checkpoints only, so there is
 no per-step host synchronisation).
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,11 +41,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from easyhard._io import CorruptedFile, nonfinite_path
 from easyhard._validate import ConfigError
 from easyhard.diffusion import DDPMSchedule
 from easyhard.train.divergence import check_loss
 
 STATE_FILE = "state.pt"
+#: what to do with a saved state that cannot be used (the CLI's --restart reaches runs as RunContext.restart)
+RESTART_HINT = "rerun with --restart to discard it and start over"
+_LOG_KEYS = ("checkpoint_steps", "train_loss", "images_per_s")
 
 
 def checkpoint_grid(first: int, steps: int, count: int) -> list[int]:
@@ -108,11 +117,14 @@ class TrainResult:
     snapshots: list[str] = field(default_factory=list)
 
 
-def read_state(state_path: Path, config: dict, resume: bool) -> tuple[dict, dict] | None:
+def read_state(state_path: Path, config: dict, resume: bool, steps: int | None = None) -> tuple[dict, dict] | None:
     """The saved training state (tensors, meta) to resume from, or None for a fresh run.
 
-    ``resume=True`` needs ``state_path`` written with the same ``config`` (ConfigError if it is missing,
-    unreadable or from another config); without it an existing state is an error, so nothing is overwritten.
+    ``resume=True`` needs ``state_path`` written with the same ``config``: a missing file is a ConfigError,
+    and a file that is unreadable, fails its checksum, belongs to another config or whose meta is not a step
+    in [0, ``steps``] with its log (:func:`check_meta`) raises :class:`~easyhard._io.CorruptedFile`, one line
+    naming the file and ending with :data:`RESTART_HINT`. Without ``resume`` an existing state is an error, so
+    nothing is overwritten. The tensors are checked against the live model by :func:`check_tensors`.
     """
     from easyhard._io import load_tensors
 
@@ -122,10 +134,116 @@ def read_state(state_path: Path, config: dict, resume: bool) -> tuple[dict, dict
         return None
     if not state_path.exists():
         raise ConfigError(f"nothing to resume: {state_path} does not exist")
-    tensors, meta = load_tensors(state_path)
-    if meta.get("config") != json.loads(json.dumps(config)):
-        raise ConfigError(f"{state_path} was written with another training config; use a new --out")
+    tensors, meta = load_tensors(state_path, RESTART_HINT)
+    check_meta(state_path, meta, config, steps)
     return tensors, meta
+
+
+def _unusable(path: Path, reason: str) -> CorruptedFile:
+    return CorruptedFile(path, reason, RESTART_HINT)
+
+
+def check_meta(path: Path, meta: dict, config: dict, steps: int | None) -> int:
+    """The step of a state's ``meta``, verified: written with ``config``, an int in [0, ``steps``] (any
+    step >= 0 when ``steps`` is None), and a log of finite losses and rates whose checkpoints end at that step.
+    Raises :class:`~easyhard._io.CorruptedFile` naming ``path`` otherwise."""
+    if meta.get("config") != json.loads(json.dumps(config)):
+        raise CorruptedFile(path, "written with another training config", f"use a new --out, or {RESTART_HINT}")
+    step = meta.get("step")
+    if type(step) is not int or step < 0 or (steps is not None and step > steps):
+        raise _unusable(path, f"step {step!r} is not an integer in [0, {'inf' if steps is None else steps}]")
+    log = meta.get("log")
+    if not isinstance(log, dict) or set(log) != set(_LOG_KEYS) or not all(isinstance(log[k], list) for k in _LOG_KEYS):
+        raise _unusable(path, f"its log is not the lists {', '.join(_LOG_KEYS)}")
+    at = log["checkpoint_steps"]
+    if (any(len(log[k]) != len(at) for k in _LOG_KEYS) or any(type(s) is not int for s in at)
+            or at != sorted(set(at)) or (at[-1] if at else 0) != step or (at and at[0] < 1)):
+        raise _unusable(path, f"its log's checkpoint steps do not end at step {step}")
+    if any(type(x) not in (int, float) or not math.isfinite(x) for x in log["train_loss"] + log["images_per_s"]):
+        raise _unusable(path, "its log holds a non-finite or non-numeric loss or rate")
+    return step
+
+
+def _same_value(a: object, b: object) -> bool:
+    """Equality of plain saved values, tuples and lists alike (a saved tuple may come back as either)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _check_like(path: Path, name: str, saved: object, live: object) -> None:
+    """``saved`` has the structure of ``live``: the same dict keys and list lengths, and tensors of the same
+    dtype and shape, floating ones finite. Other leaves are not compared (the caller checks them)."""
+    if isinstance(live, Tensor):
+        if not isinstance(saved, Tensor):
+            raise _unusable(path, f"{name} is a {type(saved).__name__}, not a tensor")
+        if saved.dtype != live.dtype or saved.shape != live.shape:
+            raise _unusable(path, f"{name} is {saved.dtype} {tuple(saved.shape)}, expected {live.dtype} "
+                                  f"{tuple(live.shape)}")
+        if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
+            raise _unusable(path, f"{name} holds non-finite values")
+    elif isinstance(live, dict):
+        if not isinstance(saved, dict):
+            raise _unusable(path, f"{name} is a {type(saved).__name__}, not a dict")
+        for which, keys in (("lacks", set(live) - set(saved)), ("has unexpected", set(saved) - set(live))):
+            if keys:
+                raise _unusable(path, f"{name or 'the state'} {which} {', '.join(sorted(map(repr, keys)))}")
+        for key in live:
+            _check_like(path, f"{name}.{key}" if name else str(key), saved[key], live[key])
+    elif isinstance(live, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(live):
+            raise _unusable(path, f"{name} is not a list of {len(live)}")
+        for i, (a, b) in enumerate(zip(saved, live)):
+            _check_like(path, f"{name}[{i}]", a, b)
+
+
+def _check_optimizer(path: Path, saved: dict, live: dict, params: list[Tensor], step: int, warmup: int) -> None:
+    """Adam/AdamW state: the live param groups (hyperparameters equal, the learning rate the warm-up's at
+    ``step``), and per parameter an update count in [1, ``step``] with finite moments of the parameter's dtype
+    and shape, the second moments >= 0."""
+    if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
+        raise _unusable(path, "optimizer is not an optimizer state")
+    if not isinstance(saved["param_groups"], list) or len(saved["param_groups"]) != len(live["param_groups"]):
+        raise _unusable(path, f"optimizer.param_groups is not a list of {len(live['param_groups'])}")
+    for g, (group, ref) in enumerate(zip(saved["param_groups"], live["param_groups"])):
+        if not isinstance(group, dict) or set(group) != set(ref):
+            raise _unusable(path, f"optimizer.param_groups[{g}] holds other settings")
+        if any(not _same_value(group[k], ref[k]) for k in ref if k != "lr"):
+            raise _unusable(path, f"optimizer.param_groups[{g}] holds other settings")
+        if not _same_value(group["lr"], ref["initial_lr"] * _lr_lambda(warmup)(step)):
+            raise _unusable(path, f"optimizer.param_groups[{g}].lr is not the learning rate of step {step}")
+    state = saved["state"]
+    if not isinstance(state, dict) or not set(state) <= set(range(len(params))):
+        raise _unusable(path, "optimizer.state is not per-parameter state")
+    for index, entry in state.items():
+        amsgrad = any(index in group["params"] and group.get("amsgrad") for group in live["param_groups"])
+        p = params[index].detach()
+        moments = ("exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if amsgrad else ()))
+        _check_like(path, f"optimizer.state[{index}]", entry,
+                    {"step": torch.zeros((), dtype=torch.float32), **{k: p for k in moments}})
+        taken = float(entry["step"])  # steps this parameter was updated: every step unless it had no gradient
+        if taken != int(taken) or not 1 <= taken <= float(torch.tensor(step, dtype=torch.float32)):
+            raise _unusable(path, f"optimizer.state[{index}].step is {taken:g}, not an integer in [1, {step}]")
+        if any(bool((entry[k] < 0).any()) for k in moments[1:]):
+            raise _unusable(path, f"optimizer.state[{index}] holds a negative second moment")
+
+
+def check_tensors(path: Path, tensors: dict, step: int, live: dict, params: list[Tensor], warmup: int) -> None:
+    """``tensors`` of a saved state at ``step`` can replace the ``live`` state ({"model", ["ema",] "optimizer",
+    "scheduler", "generator"}, ``params`` the optimizer's parameters in order, ``warmup`` its warm-up): the same
+    keys, every tensor of the live dtype and shape and finite (:func:`_check_like`), the optimizer's state that of
+    ``step`` Adam steps and the scheduler at ``step``. Raises :class:`~easyhard._io.CorruptedFile` naming
+    ``path`` otherwise; nothing is loaded here."""
+    _check_like(path, "", {k: None for k in tensors}, {k: None for k in live})
+    for key in ("model", "ema", "generator"):
+        if key in live:
+            _check_like(path, key, tensors[key], live[key])
+    _check_optimizer(path, tensors["optimizer"], live["optimizer"], params, step, warmup)
+    scheduler, ref = tensors["scheduler"], live["scheduler"]
+    if not isinstance(scheduler, dict) or set(scheduler) != set(ref) or not _same_value(scheduler["last_epoch"], step):
+        raise _unusable(path, f"scheduler is not a warm-up schedule at step {step}")
+    if not _same_value(scheduler["base_lrs"], ref["base_lrs"]) or nonfinite_path(scheduler) is not None:
+        raise _unusable(path, "scheduler holds other or non-finite learning rates")
 
 
 def load_snapshot(path: str | Path, model: nn.Module, ema: bool = False) -> nn.Module:
@@ -159,6 +277,33 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             be.copy_(bm)
 
 
+def _fresh_state(model: nn.Module, loop: LoopConfig) -> tuple[nn.Module | None, torch.optim.Optimizer,
+                                                                torch.optim.lr_scheduler.LRScheduler, torch.Generator]:
+    """(EMA copy or None, optimizer, warm-up scheduler, generator) of a run of ``model`` that starts now."""
+    ema = copy.deepcopy(model).requires_grad_(False) if loop.ema_decay is not None else None
+    opt = _make_optimizer(model, loop)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(loop.warmup))
+    return ema, opt, sched, torch.Generator(torch.device(loop.device)).manual_seed(loop.seed)
+
+
+def _state_dicts(model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> dict:
+    """What ``state.pt`` holds: {"model", ["ema",] "optimizer", "scheduler", "generator"}."""
+    return {"model": model.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {}),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state()}
+
+
+def check_state(state_path: Path, model: nn.Module, loop: LoopConfig) -> int:
+    """The step of the training state ``state_path`` after the checks of :func:`train_loop` resuming ``model``
+    (freshly built, not trained) under ``loop``: :func:`read_state` and :func:`check_tensors`. ConfigError if
+    it does not exist, :class:`~easyhard._io.CorruptedFile` if it cannot be used; ``model`` is not changed."""
+    tensors, meta = read_state(Path(state_path), loop.identity, True, loop.steps)
+    ema, opt, sched, gen = _fresh_state(model, loop)
+    check_tensors(Path(state_path), tensors, meta["step"], _state_dicts(model, ema, opt, sched, gen),
+                  list(model.parameters()), loop.warmup)
+    return meta["step"]
+
+
 def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], schedule: DDPMSchedule,
                loop: LoopConfig, out_dir: str | Path, resume: bool = False,
                on_checkpoint: Callable[[int, nn.Module, nn.Module | None], None] | None = None,
@@ -167,24 +312,23 @@ def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], sche
     ``loop.device``) and write checkpoints to ``out_dir`` (module docstring).
 
     ``on_checkpoint(step, model, ema)`` runs at every checkpoint step, before the state is saved.
-    ``resume=True`` continues from ``out_dir/state.pt`` (ConfigError if it is missing, unreadable or from
-    another config); without it an existing state is an error too, so nothing is overwritten.
+    ``resume=True`` continues from ``out_dir/state.pt``: ConfigError if it is missing, CorruptedFile (before
+    anything is loaded) if it fails the checks of :func:`check_state`; without it an existing state is an
+    error too, so nothing is overwritten.
     """
     from easyhard._io import atomic_write_json, save_tensors
 
     out = Path(out_dir)
-    dev = torch.device(loop.device)
-    model = model.to(dev)
-    ema = copy.deepcopy(model).requires_grad_(False) if loop.ema_decay is not None else None
-    opt = _make_optimizer(model, loop)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(loop.warmup))
-    gen = torch.Generator(dev).manual_seed(loop.seed)
+    model = model.to(torch.device(loop.device))
+    ema, opt, sched, gen = _fresh_state(model, loop)
     log = {"checkpoint_steps": [], "train_loss": [], "images_per_s": []}
     step = 0
     state_path = out / STATE_FILE
-    state = read_state(state_path, loop.identity, resume)
+    state = read_state(state_path, loop.identity, resume, loop.steps)
     if state is not None:
         tensors, meta = state
+        check_tensors(state_path, tensors, meta["step"], _state_dicts(model, ema, opt, sched, gen),
+                      list(model.parameters()), loop.warmup)
         try:
             model.load_state_dict(tensors["model"])
             if ema is not None:
@@ -192,25 +336,24 @@ def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], sche
             opt.load_state_dict(tensors["optimizer"])
             sched.load_state_dict(tensors["scheduler"])
             gen.set_state(tensors["generator"])
-            step, log = int(meta["step"]), meta["log"]
-        except (KeyError, RuntimeError, TypeError, ValueError) as err:  # an older format or a damaged file
-            raise ConfigError(f"{state_path} cannot be resumed ({type(err).__name__}: "
-                              f"{' '.join(str(err).split())[:120]}); delete it to start over") from None
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:  # what the checks above cannot see
+            raise _unusable(state_path, f"{type(err).__name__}: {' '.join(str(err).split())[:120]}") from None
+        step, log = meta["step"], meta["log"]
 
     def checkpoint(at: int) -> None:
         if on_checkpoint is not None:
             on_checkpoint(at, model, ema)
-        weights = {"model": model.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {})}
+        saved = _state_dicts(model, ema, opt, sched, gen)
         if loop.snapshots:
+            weights = {k: saved[k] for k in ("model", "ema") if k in saved}
             save_tensors(out / "snapshots" / f"step-{at:07d}.pt", weights, {"step": at})
-        saved = {**weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "generator": gen.get_state()}
         save_tensors(state_path, saved, {"step": at, "config": loop.identity, "log": log})
         if loop.snapshots:
             atomic_write_json(out / "train_log.json", log)
 
     if step == 0 and loop.checkpoints[0] == 0:
         checkpoint(0)
+    dev = torch.device(loop.device)
     cuda = dev.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and loop.bf16 else contextlib.nullcontext()
     if cuda and loop.channels_last:
