@@ -22,11 +22,36 @@ from dataclasses import dataclass
 import torch
 
 from easyhard._quadrature import composite_legendre, gauss_hermite
-from easyhard._validate import check_positive
+from easyhard._validate import ConfigError, check_finite, check_positive
 from easyhard.data.mcm import MixedCumulantModel
 from easyhard.oracles.wiener import WienerDenoiser
 
 _GRID_ELEMENTS = 1 << 22  # batch chunk for the coupled posterior: B * L * N <= 4M
+
+#: OU times t at which the theory commands (exponents, oracle-mse, calibrate) are validated: below 1e-4 the
+#: differences 1 - e^-2t lose digits to cancellation, above 20 e^-2t < 2^-53 and x_t carries no float64 signal
+THEORY_T_RANGE = (1e-4, 20.0)
+#: largest spike strength beta_u, beta_v at which the theory quadratures are validated (docs/theory/mcm.md section 10)
+THEORY_BETA_MAX = 100.0
+
+
+def check_theory_time(t: float) -> float:
+    """t in THEORY_T_RANGE; ConfigError naming ``t`` otherwise."""
+    t = check_finite("t", t)
+    lo, hi = THEORY_T_RANGE
+    if not lo <= t <= hi:
+        raise ConfigError(f"t must lie in [{lo:g}, {hi:g}] (OU times where the quadratures are validated; "
+                          f"got {t:g})")
+    return t
+
+
+def check_theory_beta(name: str, value: float) -> float:
+    """0 <= value <= THEORY_BETA_MAX; ConfigError naming ``name`` otherwise."""
+    value = check_finite(name, value)
+    if not 0 <= value <= THEORY_BETA_MAX:
+        raise ConfigError(f"{name} must lie in [0, {THEORY_BETA_MAX:g}] (spike strengths where the quadratures "
+                          f"are validated; got {value:g})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -157,8 +182,12 @@ def per_direction_mse(model: MixedCumulantModel, t: float, n_noise: int = 48) ->
         MSE_v = Delta / ((1+beta_v) s2) + b^2 (Delta/s2)^2 E_h Var(nu | h)
     Wiener: diagonal of the Gaussian posterior covariance Delta Sigma (a^2 Sigma + Delta I)^-1 on the
     (u, v) block Sigma = [[1+beta_u, c_uv], [c_uv, 1]] (an affine denoiser's MSE depends only on the
-    first two moments). Returns {"u": {"bayes", "linear"}, "v": {"bayes", "linear"}}.
+    first two moments). Returns {"u": {"bayes", "linear"}, "v": {"bayes", "linear"}}, all finite.
+    ConfigError unless t is in THEORY_T_RANGE and beta_u, beta_v <= THEORY_BETA_MAX (checked before any work).
     """
+    check_theory_time(t)
+    check_theory_beta("beta_u", model.beta_u)
+    check_theory_beta("beta_v", model.beta_v)
     ch = GaussianChannels.of(model, t)
     var_lam, var_nu = _posterior_latent_variances(model, t, n_noise)
     bayes_u = ch.delta + ch.delta**2 * model.beta_u * var_lam

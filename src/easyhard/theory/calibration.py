@@ -40,13 +40,18 @@ from easyhard._quadrature import gaussian_panels
 from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_open_unit, check_positive
 from easyhard.data.mcm import MixedCumulantModel
 from easyhard.theory.exponent import COEFFICIENT_TOL
-from easyhard.theory.hermite import loss_polynomial
+from easyhard.theory.hermite import check_k_max, loss_polynomial
 from easyhard.theory.loss import SingleNeuron
 
 #: default escape parameter zeta [choice, docs/theory/mcm.md section 8.3]
 DEFAULT_ZETA = 0.3
 #: zeta range recommended by docs/theory/calibration.md (cost ~ T* zeta^2 is low, the barrier is crossed by noise)
 RECOMMENDED_ZETA = (0.15, 1.0)
+#: zeta accepted by calibrate: below, T* grows like exp(1/(8 zeta)) past any run; above, the drift alone
+#: escapes (T* ~ 1.1/zeta for k = 4) and eps = k |c_k| / (zeta G^2) is vanishingly small
+ZETA_RANGE = (0.02, 100.0)
+#: largest dimension d of Calibration.at_dimension: d^(k-1) and d^(k/2) stay finite and exact enough in float64
+MAX_DIMENSION = 10**9
 #: |c_k| below this is too weak to calibrate (pre-flight rule, docs/theory/mcm.md section 6.6)
 WEAK_COEFFICIENT = 1e-3
 #: the recovery threshold must exceed this multiple of the barrier: threshold sqrt(d) >= margin s_c [choice]
@@ -114,7 +119,7 @@ def leading_coefficient(model: MixedCumulantModel, neuron: SingleNeuron, directi
     not enter the loss up to order k_max.
     """
     check_choice("direction", direction, ("u", "v"))
-    k_max = check_int_at_least("k_max", k_max, 1)
+    k_max = check_k_max(k_max)
     return _leading_term(loss_polynomial(model, neuron, k_max), direction, k_max)
 
 
@@ -326,17 +331,17 @@ class Calibration:
 
     def step(self, d: int) -> float:
         """eta(d) = eps / d^(k/2)."""
-        d = check_int_at_least("d", d, 1)
+        d = check_dimension(d)
         return self.eps / d ** (self.k / 2)
 
     def predicted_median(self, d: int) -> float:
         """n_med(d) = n_med_coefficient d^(k-1) samples (= steps); inf when repelled."""
-        d = check_int_at_least("d", d, 1)
+        d = check_dimension(d)
         return math.inf if self.n_med_coefficient is None else self.n_med_coefficient * d ** (self.k - 1)
 
     def dimension_warning(self, d: int) -> str | None:
         """A warning when the threshold at this d is not well beyond the barrier (d < min_dimension)."""
-        d = check_int_at_least("d", d, 1)
+        d = check_dimension(d)
         if d >= self.min_dimension:
             return None
         return (f"d = {d}: threshold sqrt(d) = {self.threshold * math.sqrt(d):.2f} is not well beyond the barrier "
@@ -345,7 +350,8 @@ class Calibration:
 
     def at_dimension(self, d: int) -> dict:
         """{"d", "step", "n_med", "warning"} at dimension d: eta(d), n_med(d) (None when repelled) and
-        :meth:`dimension_warning`."""
+        :meth:`dimension_warning`. ConfigError unless d is an integer in [1, MAX_DIMENSION]; the values are finite."""
+        d = check_dimension(d)
         n_med = self.predicted_median(d)
         return {"d": d, "step": self.step(d), "n_med": None if math.isinf(n_med) else n_med,
                 "warning": self.dimension_warning(d)}
@@ -361,20 +367,38 @@ class Calibration:
         return out
 
 
+def check_dimension(d: int, name: str = "d", low: int = 1) -> int:
+    """d, an integer in [low, MAX_DIMENSION]; ConfigError naming ``name`` otherwise (the CLI: name="--dims", low=8)."""
+    d = check_int_at_least(name, d, low)
+    if d > MAX_DIMENSION:
+        raise ConfigError(f"{name} must be integers in [{low}, {MAX_DIMENSION:.0e}] (got {d})")
+    return d
+
+
+def _check_zeta(name: str, zeta: float, given: float) -> float:
+    """zeta in ZETA_RANGE; the error names the option the user gave (zeta itself, or eps that implies it)."""
+    lo, hi = ZETA_RANGE
+    if not lo <= zeta <= hi:
+        implied = "" if name == "zeta" else f" implies zeta = {zeta:.3g}, outside [{lo:g}, {hi:g}]"
+        raise ConfigError(f"{name} = {given:.4g}{implied}: {name} must give zeta in [{lo:g}, {hi:g}] "
+                          "(T* exceeds any run below, the step vanishes above)")
+    return zeta
+
+
 def _escape_parameters(k: int, c_k: float, g2: float, zeta: float | None, eps: float | None) -> tuple[float, float]:
     """(zeta, eps) from one of them: zeta = k |c_k| / (eps G^2)."""
     if zeta is not None and eps is not None:
         raise ConfigError("give either zeta or eps, not both (zeta = k |c_k| / (eps G^2))")
     if eps is not None:
         eps = check_positive("eps", eps)
-        return k * abs(c_k) / (eps * g2), eps
+        return _check_zeta("eps", k * abs(c_k) / (eps * g2), eps), eps
     zeta = DEFAULT_ZETA if zeta is None else check_positive("zeta", zeta)
-    return zeta, k * abs(c_k) / (zeta * g2)
+    return _check_zeta("zeta", zeta, zeta), k * abs(c_k) / (zeta * g2)
 
 
 def _check_escape_direction(model, neuron, direction: str, k_max: int) -> tuple[int, float, list[str]]:
     """(k, c_k, warnings) after refusing directions the escape SDE does not describe."""
-    k_max = check_int_at_least("k_max", k_max, 1)
+    k_max = check_k_max(k_max)
     poly = loss_polynomial(model, neuron, k_max)
     k, c_k = _leading_term(poly, direction, k_max)
     if k <= 2:
@@ -413,7 +437,8 @@ def calibrate(model: MixedCumulantModel, neuron: SingleNeuron, direction: str = 
               eps: float | None = None, k_max: int = 8, threshold: float = 0.5) -> Calibration:
     """Calibrated step eta = eps / d^(k/2) and predicted median cost n_med = T*/(eps^2 G^2) d^(k-1).
 
-    Give ``zeta`` (default 0.3) or ``eps``, not both; they are tied by zeta = k |c_k| / (eps G^2)
+    Give ``zeta`` (default 0.3) or ``eps``, not both; zeta (or the zeta that eps implies) must lie in
+    ZETA_RANGE and k_max in [1, K_MAX_LIMIT] (ConfigError; zeta is checked before any work); they are tied by zeta = k |c_k| / (eps G^2)
     (k = 4: eps = 4 |c_4| / (zeta G^2), docs/theory/mcm.md section 8.3). k, c_k from :func:`leading_coefficient`,
     G^2 from :func:`gradient_noise`, T* from :func:`escape_median`. ``threshold`` is the |alpha| of weak
     recovery, used for the barrier check. ConfigError when k <= 2 (learned at ~d log d with eta ~ 1/d)
@@ -425,6 +450,8 @@ def calibrate(model: MixedCumulantModel, neuron: SingleNeuron, direction: str = 
     """
     check_choice("direction", direction, ("u", "v"))
     threshold = check_open_unit("threshold", threshold)
+    if zeta is not None and eps is None:
+        _check_zeta("zeta", check_positive("zeta", zeta), zeta)
     k, c_k, warnings = _check_escape_direction(model, neuron, direction, k_max)
     g2 = gradient_noise(neuron)
     zeta, eps = _escape_parameters(k, c_k, g2, zeta, eps)

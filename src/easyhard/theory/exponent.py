@@ -24,9 +24,9 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from easyhard._validate import ConfigError, check_int_at_least
+from easyhard._validate import ConfigError
 from easyhard.data.mcm import MixedCumulantModel
-from easyhard.theory.hermite import loss_polynomial
+from easyhard.theory.hermite import check_k_max, loss_polynomial
 from easyhard.theory.loss import SingleNeuron, overlap_loss
 
 #: coefficients below this are zero (parity zeros come out at ~1e-16)
@@ -117,8 +117,9 @@ def diffusion_exponents(model: MixedCumulantModel, neuron: SingleNeuron, k_max: 
 
     u: from a random start (terms alpha_u^k). v: from a random start for independent latents; for coupled
     latents, once u is learned (smallest j with some c_ij != 0; slope at alpha_u = ``alpha_u_learned``).
+    k_max in [2, K_MAX_LIMIT] (ConfigError, checked before any work).
     """
-    check_int_at_least("k_max", k_max, 2)
+    check_k_max(k_max, 2)
     if not 0 < alpha_u_learned < 1:
         raise ConfigError(f"alpha_u_learned must lie in (0, 1) (got {alpha_u_learned:g})")
     poly = loss_polynomial(model, neuron, k_max)

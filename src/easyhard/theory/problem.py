@@ -10,17 +10,23 @@ Experiment configs compose them as fields (``mcm``, ``neuron``), so each field i
 once; the command line generates its options from these dataclasses (``--beta-u``, ``--t``, ...), and
 config files may name a sub-field by its own name (``beta_v = 20`` for ``mcm.beta_v``) where that is
 unambiguous. Each field's ``metadata["help"]`` is its one-line description.
+
+Valid ranges (docs/theory/mcm.md section 10; refused with a ConfigError naming the field): beta_u and beta_v in
+[0, 100] and t in [1e-4, 20], where the quadratures of the theory commands are validated against
+higher-precision references; outside, results lose accuracy (coupled latent grids, cancellation in 1 - e^-2t)
+or the signal of x_t falls below float64 resolution (e^-2t < 2^-53 for t > 20).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from easyhard._validate import ConfigError, check_choice, check_nonnegative
+from easyhard._validate import ConfigError, check_choice
 from easyhard.activations import Activation
 from easyhard.data import COUPLINGS, LATENT_LAWS, MixedCumulantModel, make_latent_law
 from easyhard.data.latents import LatentLaw
 from easyhard.oracles import ACTIVATIONS, make_activation
+from easyhard.oracles.bayes_mcm import THEORY_BETA_MAX, THEORY_T_RANGE, check_theory_beta, check_theory_time
 from easyhard.theory.loss import SingleNeuron
 
 _LAW_HELP = ", ".join(LATENT_LAWS) + " (two_point and bernoulli_gauss take --nu-param p, or NAME:p)"
@@ -28,18 +34,21 @@ _LAW_HELP = ", ".join(LATENT_LAWS) + " (two_point and bernoulli_gauss take --nu-
 
 @dataclass(frozen=True)
 class MCMSettings:
-    """The mixed cumulant model's parameters (module docstring); defaults: the paper's canonical setting."""
+    """The mixed cumulant model's parameters (module docstring); defaults: the paper's canonical setting.
+
+    ConfigError unless beta_u, beta_v lie in [0, THEORY_BETA_MAX] (module docstring).
+    """
 
     nu: str = field(default="rademacher", metadata={"help": f"latent law: {_LAW_HELP}"})
     nu_param: float | None = field(default=None, metadata={"help": "parameter p of two_point / bernoulli_gauss"})
-    beta_u: float = field(default=5.0, metadata={"help": "covariance spike strength (>= 0)"})
-    beta_v: float = field(default=5.0, metadata={"help": "cumulant spike strength (>= 0)"})
+    beta_u: float = field(default=5.0, metadata={"help": f"covariance spike strength, in [0, {THEORY_BETA_MAX:g}]"})
+    beta_v: float = field(default=5.0, metadata={"help": f"cumulant spike strength, in [0, {THEORY_BETA_MAX:g}]"})
     coupling: str = field(default="independent", metadata={"help": f"one of {', '.join(COUPLINGS)}"})
     q: float = field(default=1.0, metadata={"help": "sign coupling: probability that nu = sign(lambda)"})
 
     def __post_init__(self):
-        check_nonnegative("beta_u", self.beta_u)
-        check_nonnegative("beta_v", self.beta_v)
+        check_theory_beta("beta_u", self.beta_u)
+        check_theory_beta("beta_v", self.beta_v)
         check_choice("coupling", self.coupling, COUPLINGS)
         self.model(3)  # the law and the coupling run their own checks
 
@@ -55,15 +64,19 @@ class MCMSettings:
 
 @dataclass(frozen=True)
 class NeuronSettings:
-    """The tied single-neuron denoiser's parameters (module docstring); defaults: tanh at t = 0.5."""
+    """The tied single-neuron denoiser's parameters (module docstring); defaults: tanh at t = 0.5.
+
+    ConfigError unless t lies in THEORY_T_RANGE (module docstring).
+    """
 
     activation: str = field(default="tanh", metadata={"help": f"one of {', '.join(ACTIVATIONS)}"})
-    t: float = field(default=0.5, metadata={"help": "OU time t (> 0)"})
+    t: float = field(default=0.5, metadata={"help": "OU time t, in [%g, %g]" % THEORY_T_RANGE})
     a_out: float = field(default=1.0, metadata={"help": "fixed output scale a_t (nonzero)"})
     skip: float | None = field(default=None, metadata={"help": "skip coefficient c_t [default: e^-t]"})
 
     def __post_init__(self):
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_theory_time(self.t)
         SingleNeuron(make_activation("linear"), self.t, self.skip, self.a_out)  # t, a_out and skip: its checks
 
     def activation_for(self, mcm: MCMSettings) -> Activation:
