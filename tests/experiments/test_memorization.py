@@ -4,12 +4,12 @@ against the library metrics applied by hand, and a smoke run."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
 import torch
 
+from easyhard._io import read_checked_json
 from easyhard._validate import ConfigError
 from easyhard.diffusion import DDPMSchedule
 from easyhard.diffusion.parametrization import x0_to_eps
@@ -94,7 +94,7 @@ def test_bad_settings_give_one_line_errors():
 
 def test_smoke_run_measures_every_checkpoint_and_a_rerun_only_reanalyses(tmp_path):
     result = run_memorization(SMOKE, tmp_path)
-    records = json.loads((tmp_path / "records.json").read_text())
+    records = read_checked_json(tmp_path / "records.json", "memorization-records")
     assert [r["step"] for r in records] == SMOKE.train.checkpoint_steps() == result["steps"]
     assert np.isfinite(np.array(result["test_loss"])).all()
     assert set(result["checks"]) >= {"tau_mem_slope", "split_peak_before_loss_min", "window_widens"}

@@ -199,7 +199,7 @@ def test_unknown_field_names_the_field_and_the_allowed_ones(spec):
 
 
 @pytest.mark.parametrize("values,needle", [
-    ({"beta_v": -1.0}, "beta_v must be >= 0"),
+    ({"beta_v": -1.0}, r"beta_v must lie in \[0, 100\]"),
     ({"activation": "softplus"}, "activation must be one of"),
     ({"k_max": 2.5}, "k_max must be an integer"),
     ({"k_max": True}, "k_max must be an integer"),
@@ -357,7 +357,7 @@ def test_folders_failure_retry_and_skip(toy, capsys, tmp_path):
     ("experiment = [\n", [], "not valid TOML"),
     ('experiment = "exponents"\n[grid]\nbeta = [1.0, 2.0]\n', [], "unknown field 'beta'"),
     ('experiment = "exponents"\n', ["--set", "temperature=2"], "unknown field 'temperature'"),
-    ('experiment = "exponents"\n', ["--grid", "beta_v=1,-2"], "beta_v must be >= 0"),
+    ('experiment = "exponents"\n', ["--grid", "beta_v=1,-2"], "beta_v must lie in [0, 100]"),
     ('experiment = "nope"\n', [], "experiment must be one of"),
     ('experiment = "exponents"\n', ["--set", "noequals"], "FIELD=VALUE"),
     ('experiment = "exponents"\n', ["--workers", "0"], "--workers must be an integer >= 1"),

@@ -83,7 +83,7 @@ def test_bad_or_missing_state_is_an_error_never_a_silent_restart(tmp_path):
         train_diffusion(_TinyDenoiser(6), data, SCHEDULE, _config(steps=40), tmp_path / "y", resume=True)
     state = tmp_path / "y" / "state.pt"
     state.write_bytes(state.read_bytes()[:50])
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="is corrupted or not ours"):
         train_diffusion(_TinyDenoiser(6), data, SCHEDULE, _config(steps=20), tmp_path / "y", resume=True)
 
 

@@ -95,5 +95,5 @@ def test_a_state_of_another_format_is_refused_in_one_line(tmp_path):
     tensors, meta = load_tensors(tmp_path / STATE_FILE)
     del tensors["scheduler"]
     save_tensors(tmp_path / STATE_FILE, tensors, meta)
-    with pytest.raises(ConfigError, match="cannot be resumed .*KeyError.*delete it to start over"):
+    with pytest.raises(ConfigError, match=r"the state lacks 'scheduler'.*rerun with --restart"):
         _ensemble_run(tmp_path, resume=True)
