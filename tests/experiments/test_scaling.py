@@ -123,3 +123,33 @@ def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(scaling, "run_online_sgd", real)
     resumed = run_cells_inline("recovery", [("cell", cell)], tmp_path)["cell"]
     assert resumed == whole and not list(tmp_path.glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage, not a checkpoint", None])
+def test_a_cell_with_an_unusable_checkpoint_is_recomputed(tmp_path, damage):
+    """A corrupted (or truncated) cell checkpoint is deleted and the cell recomputed from scratch: the result
+    equals the uninterrupted cell's, and no error reaches the caller."""
+    cell = RecoveryConfig(**S1, d=16, seeds=4, budget=1.2)  # 4916 steps: three chunks
+    reference = run_recovery(cell)
+    checkpoint = tmp_path / "cell.ckpt"
+    if damage is None:  # the real checkpoint of an interrupted run of this cell, with one byte flipped
+        from easyhard.train import run_online_sgd
+
+        class Stop(Exception):
+            pass
+
+        calls = []
+
+        def stop(k):  # inside the second chunk: the checkpoint at step 2048 is written (checkpoint_every=0)
+            calls.append(k)
+            if sum(calls) > 2500:
+                raise Stop
+
+        with pytest.raises(Stop):
+            run_online_sgd(cell.net(), cell.data(), cell.sgd(), range(4), stop, checkpoint, checkpoint_every=0)
+        blob = bytearray(checkpoint.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        checkpoint.write_bytes(bytes(blob))
+    else:
+        checkpoint.write_bytes(damage)
+    assert run_recovery(cell, RunContext(checkpoint=checkpoint)) == reference

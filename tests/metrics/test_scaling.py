@@ -67,3 +67,9 @@ def test_log_log_fit_recovers_an_exact_power_law():
     for x, y, text in ((x, -x, "positive"), (np.ones(3), np.ones(3), "two distinct x"), (x[:2], x, "equal length")):
         with pytest.raises(ConfigError, match=text):
             log_log_fit(x, y)
+
+
+def test_km_quantile_refuses_nan_times():
+    """A NaN time is not a censored run (NaN >= 0 is False): it is refused instead of read as 'never'."""
+    with pytest.raises(ConfigError, match="times must not hold NaN"):
+        km_quantile(np.array([1.0, np.nan, 3.0]), 0.5)

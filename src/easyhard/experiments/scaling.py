@@ -114,10 +114,19 @@ def _finite(x: float) -> float | None:
 def run_recovery(config: RecoveryConfig, ctx: RunContext | None = None) -> dict:
     """Run one cell; returns recovery times (-1: censored), their Kaplan-Meier median and quartiles,
     and the quartiles over runs of |alpha_u|, |alpha_v| at the logged steps. With ``ctx.checkpoint`` an
-    interrupted cell resumes where it stopped (:func:`easyhard.train.run_online_sgd`)."""
+    interrupted cell resumes where it stopped (:func:`easyhard.train.run_online_sgd`); a checkpoint that cannot
+    be used (corrupted, hand-edited: :class:`~easyhard._io.CorruptedFile`) is deleted and the cell recomputed."""
+    from easyhard._io import CorruptedFile
+
     seeds = range(config.base_seed, config.base_seed + config.seeds)
     checkpoint = None if ctx is None else ctx.checkpoint
-    res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, None, checkpoint)
+    try:
+        res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, None, checkpoint)
+    except CorruptedFile as err:
+        if checkpoint is None or err.path != Path(checkpoint):
+            raise
+        Path(checkpoint).unlink()
+        res = run_online_sgd(config.net(), config.data(), config.sgd(), seeds, None, checkpoint)
     times = res.recoveries(config.threshold)[:, 0, _SPIKE[config.direction]]
     abs_al = np.abs(res.overlaps[:, :, 0, :2])  # (L, E, 2): u, v
     curves = {f"abs_alpha_{name}_q{q}": np.percentile(abs_al[..., i], q, axis=1).tolist()

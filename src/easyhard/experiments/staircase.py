@@ -191,7 +191,7 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, theory: CouplingThe
         "final_abs_alpha_u": float(au[-1].mean()), "final_abs_alpha_v": float(av[-1].mean()),
         "max_mean_abs_alpha_v": float(av.mean(1).max()), "v_bound": 4 / math.sqrt(d),
         "recovery_steps_u": n_u.tolist(), "recovered_u": float((n_u >= 0).mean()),
-        "median_recovery_u_over_d": _censored_median(n_u) / d,
+        "median_recovery_u_over_d": _finite_or_none(_censored_median(n_u) / d),
         "aligned_fraction_u": float(aligned_fraction(steps, au, config.threshold).mean()),
         "first_hit_v": hit_v.tolist(),
         "final_direction_mean": final_dir.mean(0).tolist(),
@@ -204,6 +204,11 @@ def run_cell(config: StaircaseConfig, d: int, coupling: str, theory: CouplingThe
         out["theory_minimiser"] = list(theory.minimiser)
         out["direction_error"] = np.abs(final_dir.mean(0) - np.abs(out["theory_minimiser"])).tolist()
     return out
+
+
+def _finite_or_none(x: float) -> float | None:
+    """None for a median that was not reached (half or more runs missed): JSON has no infinity."""
+    return x if math.isfinite(x) else None
 
 
 def _censored_median(n_hit: np.ndarray) -> float:
@@ -269,7 +274,7 @@ def report_staircase(results: dict, out: Path) -> tuple[list[str], str]:
 def summarize_staircase(results: dict) -> list[str]:
     """One row per cell (final overlaps, recovery of u, v in its window, direction) and the checks."""
     rows = [[c["coupling"], c["d"], f"{c['final_abs_alpha_u']:.3f}", f"{c['final_abs_alpha_v']:.3f}",
-             f"{c['median_recovery_u_over_d']:.2f}", fmt_num(c.get("v_within_window"), ".0%"),
+             fmt_num(c["median_recovery_u_over_d"], ".2f"), fmt_num(c.get("v_within_window"), ".0%"),
              "({:.3f}, {:.3f})".format(*c["final_direction_mean"])] for c in results["cells"]]
     return [text_table(["coupling", "d", "|alpha_u|", "|alpha_v|", "n_hit(u)/d", "v in window", "direction"], rows),
             "", f"staircase checks pass: {results['acceptance']['all_pass']}"]

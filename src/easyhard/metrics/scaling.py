@@ -31,6 +31,8 @@ def km_quantile(times: np.ndarray, q: float, observed: np.ndarray | None = None)
     if not 0 < q < 1:
         raise ConfigError(f"q must lie in (0, 1) (got {q})")
     times = np.asarray(times, dtype=float)
+    if np.isnan(times).any():
+        raise ConfigError("times must not hold NaN (a recovery time is a step, or negative for 'never')")
     if observed is None:
         observed = times >= 0
         times = np.where(observed, times, np.inf)
