@@ -95,7 +95,8 @@ def exponents(k_max, alpha_u_learned, as_json, **problem):
 
     mcm, settings = _settings(MCMSettings, problem), _settings(NeuronSettings, problem)
     model, neuron = mcm.model(), settings.neuron(mcm)
-    result = diffusion_exponents(model, neuron, k_max, alpha_u_learned)
+    with _option_errors(["k_max", "alpha_u_learned"]):
+        result = diffusion_exponents(model, neuron, k_max, alpha_u_learned)
     f = hermite_coefficients(neuron, k_max).tolist()
     if as_json:
         click.echo(json.dumps({"model": model.to_dict() | {"d": None}, "neuron": neuron.to_dict(), "hermite_f": f,
@@ -139,15 +140,17 @@ def oracle_mse(as_json, **problem):
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="weak-recovery threshold |alpha|")
 def calibrate(as_json, direction, zeta, eps, dims, k_max, threshold, **problem):
     """Step size eta = eps/d^(k/2) and predicted median samples n_med ~ d^(k-1) for online SGD."""
-    from easyhard._validate import check_int_at_least
+    from easyhard._validate import check_distinct
     from easyhard.theory import calibrate as calibrate_step
+    from easyhard.theory.calibration import check_dimension
 
     mcm, settings = _settings(MCMSettings, problem), _settings(NeuronSettings, problem)
     model, neuron = mcm.model(), settings.neuron(mcm)
     if zeta is not None and eps is not None:
         raise ConfigError("--zeta and --eps are mutually exclusive (zeta = k |c_k| / (eps G^2))")
-    dims = [check_int_at_least("--dims", d, 8) for d in parse_dims(dims)]
-    result = calibrate_step(model, neuron, direction, zeta, eps, k_max, threshold)
+    dims = [check_dimension(d, "--dims", 8) for d in check_distinct("--dims", parse_dims(dims))]
+    with _option_errors(["k_max", "zeta", "eps", "threshold", "direction"]):
+        result = calibrate_step(model, neuron, direction, zeta, eps, k_max, threshold)
     rows = [result.at_dimension(d) for d in dims]
     warnings = list(result.warnings) + [r["warning"] for r in rows if r["warning"]]
     if as_json:
@@ -274,6 +277,8 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
         click.Option(["--backend"], type=click.Choice(["local", "ray"]), default=None,
                      help="run independent cells in local worker processes or on Ray [default: in this process]"),
         click.Option(["--address"], default=None, help="Ray cluster to join (with --backend ray)"),
+        click.Option(["--ray-timeout"], type=float, default=30.0, show_default=True,
+                     help="seconds within which the Ray cluster at --address must answer"),
         click.Option(["--force"], is_flag=True, help="run even if the estimated memory or time exceeds the bounds"),
         click.Option(["--restart"], is_flag=True,
                      help="discard saved training state in OUT that cannot be used (corrupted, another config) "
@@ -285,7 +290,7 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
         params.append(click.Option([flag, dest], is_flag=option.is_flag, default=None if not option.is_flag else False,
                                    help=option.help or f"sets {option.field}"))
 
-    def callback(profile, quick, full, out_dir, sets, backend, address, force, restart, **given):
+    def callback(profile, quick, full, out_dir, sets, backend, address, ray_timeout, force, restart, **given):
         from easyhard._validate import check_out_dir
 
         profile = _profile(profile, quick, full)
@@ -309,7 +314,7 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
             from easyhard.runs import make_backend
             from easyhard.runs.cells import BackendCells
 
-            cells = BackendCells(make_backend(backend, address=address))
+            cells = BackendCells(make_backend(backend, address=address, connect_timeout=ray_timeout))
         elif address is not None:
             raise ConfigError("--address needs --backend ray")
         _run_job(experiments, configs, out_dir, cells, profile, restart)
@@ -372,13 +377,15 @@ class _SweepFailed(Exception):
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local worker processes or Ray tasks")
 @click.option("--address", default=None, help="Ray cluster to join [default: start a local Ray instance]")
+@click.option("--ray-timeout", type=float, default=30.0, show_default=True,
+              help="seconds within which the Ray cluster at --address must answer")
 @click.option("--workers", type=int, default=None, help="runs at a time (local Ray: its CPUs) [default: CPU count]")
 @click.option("--gpus-per-run", type=float, default=None,
               help="GPUs per Ray task [default: 1 if the cluster has GPUs and the config a device field, else 0]")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads per run (0: torch's default)")
 @click.option("--dry-run", is_flag=True, help="list the runs (id, swept values, done or pending) without running")
 @click.option("--force", is_flag=True, help="run even if the estimated memory or time exceeds the bounds")
-def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, threads, dry_run, force):
+def sweep(file, out_dir, sets, grids, backend, address, ray_timeout, workers, gpus_per_run, threads, dry_run, force):
     """Run the parameter sweep in the TOML FILE into OUT; runs already done there are skipped.
 
     FILE names the experiment, fixed fields ([base]) and the grid ([grid]); see docs/sweeps.md.
@@ -398,7 +405,8 @@ def sweep(file, out_dir, sets, grids, backend, address, workers, gpus_per_run, t
         click.echo(f"{len(plan)} runs of {spec.experiment}: {n_done} done, {len(plan) - n_done} to run")
         return
     check_table_extra()
-    runner = make_backend(backend, workers=workers, address=address, gpus_per_run=gpus_per_run, threads=threads)
+    runner = make_backend(backend, workers=workers, address=address, gpus_per_run=gpus_per_run, threads=threads,
+                          connect_timeout=ray_timeout)
     _check_sweep_resources(spec.experiment, [run for run, state in plan if state != "done"],
                            getattr(runner, "workers", None) or 1, force)
     with click.progressbar(length=len(plan) - n_done, label=f"sweep {spec.experiment} ({runner.name})",

@@ -327,11 +327,23 @@ class RayBackend:
         self.gpus_per_run = None if gpus_per_run is None else check_nonnegative("--gpus-per-run", gpus_per_run)
         self.threads = threads
         self.connect_timeout = _check_connect_timeout(connect_timeout)
+        if address is not None:
+            self.probe()
 
     def _no_answer(self, reason: str) -> ConfigError:
         return ConfigError(f"--address {self.address}: no Ray cluster answered within {self.connect_timeout:g} s "
                            f"({reason}); check the address (the head node's HOST:PORT, or ray://HOST:PORT) "
                            "or allow more time with --ray-timeout")
+
+    def probe(self) -> None:
+        """A TCP connect to ``address`` within ``connect_timeout`` seconds, or ConfigError: done when the backend
+        is made, so a dead address is refused before a sweep or a reproduction writes anything."""
+        host, port = _host_port(self.address)
+        if port is not None:
+            try:
+                socket.create_connection((host, port), timeout=self.connect_timeout).close()
+            except OSError as err:
+                raise self._no_answer(_one_line(err)) from None
 
     def _connect(self, ray: Any) -> None:
         """Join the cluster at ``address`` within ``connect_timeout`` seconds, or raise ConfigError.
@@ -341,12 +353,7 @@ class RayBackend:
         not returned by then, it is abandoned (it goes on retrying in the background until the process ends).
         """
         deadline = time.monotonic() + self.connect_timeout
-        host, port = _host_port(self.address)
-        if port is not None:
-            try:
-                socket.create_connection((host, port), timeout=self.connect_timeout).close()
-            except OSError as err:
-                raise self._no_answer(_one_line(err)) from None
+        self.probe()
         outcome: list[BaseException | None] = []
 
         def init() -> None:

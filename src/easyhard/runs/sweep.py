@@ -463,11 +463,11 @@ def _now() -> str:
 def run_sweep(spec: SweepSpec, out: str | Path, *, backend: str | Backend = "local", workers: int | None = None,
               address: str | None = None, gpus_per_run: float | None = None, threads: int | None = 1,
               progress: Callable[[RunSpec, RunResult], None] | None = None,
-              table_interval_s: float = 2.0) -> SweepSummary:
+              table_interval_s: float = 2.0, connect_timeout: float = 30.0) -> SweepSummary:
     """Run every run of ``spec`` that is not done yet in ``out`` and write the folders and the results table.
 
-    ``backend``: "local" (worker processes) or "ray", with ``workers``, ``address``, ``gpus_per_run`` and
-    ``threads`` as in :func:`easyhard.runs.backends.make_backend`, or a backend object. ``progress`` is called
+    ``backend``: "local" (worker processes) or "ray", with ``workers``, ``address``, ``gpus_per_run``,
+    ``threads`` and ``connect_timeout`` as in :func:`easyhard.runs.backends.make_backend`, or a backend object. ``progress`` is called
     after each finished run. The table is rewritten after each batch of finished runs (at most every
     ``table_interval_s`` seconds) and at the end. Everything is validated before any run starts, the layout
     of ``out`` included (:func:`check_layout`). The table holds only verified metrics: saved runs that do not
@@ -478,7 +478,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, backend: str | Backend = "loc
     check_layout(out, runs)
     if isinstance(backend, str):
         backend = make_backend(backend, workers=workers, address=address, gpus_per_run=gpus_per_run,
-                               threads=threads)
+                               threads=threads, connect_timeout=connect_timeout)
     out = Path(out)
     by_id = {run.run_id: run for run in runs}
     metrics: dict[str, dict] = {}
