@@ -42,7 +42,7 @@ def test_reproduce_memorization_rejects_bad_options(tmp_path, capsys):
 
 def test_reproduce_memorization_rejects_bad_counts_and_devices(tmp_path, capsys):
     for args, message in ((("--seeds", "0"), "seeds must be an integer >= 1"),
-                          (("--steps", "5"), "first must be below steps = 5"),
+                          (("--steps", "5"), "--steps must be above first = 10"),
                           (("--device", "tpu"), "device must be auto, cpu, cuda or cuda:N")):
         code, _, err = _run(capsys, "reproduce", "memorization", *args, "--out", str(tmp_path / "o"))
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1

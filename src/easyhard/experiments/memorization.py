@@ -733,6 +733,25 @@ def summarize_memorization(results: dict) -> list[str]:
     return lines + [f"memorization checks pass: {all(c['passed'] for c in results['checks'].values())}"]
 
 
+def memorization_resources(config: MemorizationConfig):
+    """The ensemble's training (``members`` MLPs, ``train.steps`` steps of ``train.batch_size``) plus, at each
+    checkpoint, the forward passes of the measurements (sampling, losses, score inputs; a forward pass a third
+    of a training step) (:func:`easyhard.experiments.resources.dense_training`); memory: the test set, the
+    samples of all members and their distances to the training points."""
+    from easyhard.experiments.resources import Resources, dense_training, mlp_params
+
+    d = {"mixture": config.d, "patches": 3 * config.patch_size**2}.get(config.data, 3 * 32 * 32)
+    params = mlp_params(d, config.width, config.depth, config.time_dim)
+    E = config.members
+    per_checkpoint = (config.mem_samples * config.mem_steps + config.split_samples * config.split_steps
+                      + config.loss_test + config.loss_train + config.score_inputs) / 3
+    work = dense_training(params, config.train.batch_size * config.train.steps
+                          + config.train.checkpoints * per_checkpoint, 1, E, config.device)
+    data = 8.0 * d * (config.n_test + 2 * E * max(config.mem_samples, config.split_samples)) \
+        + 4.0 * E * config.mem_samples * max(config.ns)
+    return Resources(work.memory_bytes + data, work.seconds)
+
+
 MEMORIZATION = Experiment(
     "memorization", MemorizationConfig, _run,
     "memorisation onset against n and the sample-split similarity peak before the test-loss minimum",
@@ -743,4 +762,4 @@ MEMORIZATION = Experiment(
              Option("--steps", "train.steps", "training steps"),
              Option("--seeds", "seeds", "seeds per n"),
              Option("--device", "device", "cpu, cuda or auto")),
-    summary=summarize_memorization, total=lambda config: config.train.steps)
+    summary=summarize_memorization, total=lambda config: config.train.steps, resources=memorization_resources)

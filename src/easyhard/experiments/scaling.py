@@ -30,6 +30,7 @@ from easyhard._validate import (
     check_choice,
     check_device,
     check_int_at_least,
+    check_n_boot,
     check_nonnegative,
     check_positive,
     check_unit_interval,
@@ -142,8 +143,17 @@ def run_recovery(config: RecoveryConfig, ctx: RunContext | None = None) -> dict:
     }
 
 
+def recovery_resources(config: RecoveryConfig):
+    """Online SGD of ``seeds`` members for ``steps`` steps, ``n_logs`` records
+    (:func:`easyhard.experiments.resources.online_sgd`); the reduced simulator's step costs as in d = 8."""
+    from easyhard.experiments.resources import online_sgd
+
+    d = 8 if config.engine == "reduced" else config.d
+    return online_sgd(config.seeds, config.steps, d, records_per_step=False, device=config.device)
+
+
 RECOVERY = Experiment("recovery", RecoveryConfig, run_recovery,
-                      "recovery times of one spike for single-neuron online SGD at one d")
+                      "recovery times of one spike for single-neuron online SGD at one d", resources=recovery_resources)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +201,7 @@ class ScalingConfig:
 
     def __post_init__(self):
         check_positive("zeta", self.zeta)
-        check_int_at_least("n_boot", self.n_boot, 10)
+        check_n_boot("n_boot", self.n_boot)
         check_device("device", self.device)
 
     def all_cells(self) -> list[tuple[str, RecoveryConfig]]:
@@ -385,10 +395,18 @@ def summarize_scaling(results: dict) -> list[str]:
             f"scaling checks pass: {results['acceptance']['all_pass']}"]
 
 
+def scaling_resources(config: ScalingConfig):
+    """The cells one after the other (:func:`recovery_resources` summed; the memory of the largest cell)."""
+    from easyhard.experiments.resources import Resources
+
+    cells = [recovery_resources(cell) for _, cell in config.all_cells()]
+    return Resources(max(c.memory_bytes for c in cells), sum(c.seconds for c in cells))
+
+
 SCALING = Experiment(
     "scaling", ScalingConfig, run_scaling,
     "sample-complexity laws: censored median recovery time against d, fitted exponents, phase diagram",
     profiles={name: functools.partial(profile, name) for name in PROFILES}, report=report_scaling,
     options=(Option("--device", "device", "cpu, cuda or auto (full-engine cells; the reduced simulator runs on "
                     "the CPU)"),),
-    summary=summarize_scaling, total=lambda config: len(config.all_cells()))
+    summary=summarize_scaling, total=lambda config: len(config.all_cells()), resources=scaling_resources)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive, check_seed
 from easyhard.diffusion.ddpm import DDPMSchedule
 
 # STATE_FILE and read_state stay importable from here (callers of the former module)
@@ -54,8 +54,9 @@ class EnsembleTrainConfig:
         check_int_at_least("first", self.first, 1)
         check_int_at_least("seed", self.seed, 0)
         check_choice("batches", self.batches, BATCHES)
+        check_seed("seed", self.seed)
         if self.first >= self.steps:
-            raise ConfigError(f"first must be below steps = {self.steps} (got {self.first})")
+            raise ConfigError(f"steps must be above first = {self.first}, the first checkpoint (got {self.steps})")
 
     def checkpoint_steps(self) -> list[int]:
         """``checkpoints`` log-spaced steps from ``first`` to ``steps`` (:func:`checkpoint_grid`)."""
