@@ -178,3 +178,19 @@ def test_the_command_line_entry_point_has_no_traceback(tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == ["easyhard: error: --device must be auto, cpu, cuda or cuda:N (got 'tpu')"]
+
+
+def test_sweep_on_a_dead_ray_address_is_refused_before_anything_is_written(capsys, tmp_path):
+    pytest.importorskip("ray")
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SWEEP)
+    line = _refused(capsys, ["sweep", str(spec), "--backend", "ray", "--address", "127.0.0.1:1", "--ray-timeout", "3",
+                             "--out", str(tmp_path / "o")], "--address 127.0.0.1:1", tmp_path / "o")
+    assert "no Ray cluster answered" in line
+
+
+def test_sweep_workers_bound(capsys, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(SWEEP)
+    _refused(capsys, ["sweep", str(spec), "--workers", "1000", "--out", str(tmp_path / "o")], "--workers",
+             tmp_path / "o")

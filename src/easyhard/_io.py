@@ -111,12 +111,12 @@ def write_checked_json(path: str | Path, data: Any, kind: str, config_hash: str 
     return atomic_write_json(path, {"easyhard": kind, "config_sha256": config_hash, "sha256": checksum, "data": data})
 
 
-def read_checked_json(path: str | Path, kind: str, config_hash: str | None = None) -> Any:
+def read_checked_json(path: str | Path, kind: str, config_hash: str | None = None, hint: str = "") -> Any:
     """The data of a file written by :func:`write_checked_json`, verified.
 
     Raises :class:`CorruptedFile` if the file cannot be read or parsed, is not a ``kind`` file, belongs to
-    another config (when ``config_hash`` is given), fails its checksum or holds a non-finite number;
-    FileNotFoundError if it does not exist.
+    another config (when ``config_hash`` is given), fails its checksum or holds a non-finite number (its
+    message ends with ``hint``, what to do); FileNotFoundError if it does not exist.
     """
     path = Path(path)
     try:
@@ -124,16 +124,16 @@ def read_checked_json(path: str | Path, kind: str, config_hash: str | None = Non
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:
-        raise CorruptedFile(path, _one_line(err)) from None
+        raise CorruptedFile(path, _one_line(err), hint) from None
     if not isinstance(blob, dict) or blob.get("easyhard") != kind or not {"sha256", "data"} <= set(blob):
-        raise CorruptedFile(path, f"not an easyhard {kind} file")
+        raise CorruptedFile(path, f"not an easyhard {kind} file", hint)
     if config_hash is not None and blob.get("config_sha256") != config_hash:
-        raise CorruptedFile(path, "it belongs to another config")
+        raise CorruptedFile(path, "it belongs to another config", hint)
     bad = nonfinite_path(blob["data"])
     if bad is not None:
-        raise CorruptedFile(path, f"non-finite value at {bad}")
+        raise CorruptedFile(path, f"non-finite value at {bad}", hint)
     if json_sha256(blob["data"]) != blob["sha256"]:
-        raise CorruptedFile(path, "checksum mismatch")
+        raise CorruptedFile(path, "checksum mismatch", hint)
     return blob["data"]
 
 

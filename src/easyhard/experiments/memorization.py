@@ -471,11 +471,7 @@ def _read_records(path: Path, config: MemorizationConfig, config_hash: str, done
     CorruptedFile naming ``path`` otherwise (also when it is missing)."""
     if not path.exists():
         raise CorruptedFile(path, f"missing while {STATE_FILE} exists", RESTART_HINT)
-    try:
-        data = read_checked_json(path, RECORDS_KIND, config_hash)
-    except CorruptedFile as err:  # its message says what is wrong; add what to do
-        err.args = (f"{err}; {RESTART_HINT}",)
-        raise
+    data = read_checked_json(path, RECORDS_KIND, config_hash, RESTART_HINT)
     shapes = _record_shapes(config)
     expected = [c for c in config.train.checkpoint_steps() if c <= done]
     if not isinstance(data, list) or not all(isinstance(r, dict) and type(r.get("step")) is int for r in data):
