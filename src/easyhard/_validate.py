@@ -35,6 +35,18 @@ def check_positive(name: str, value: float) -> float:
     return value
 
 
+#: the largest learning rate accepted: beyond it every optimiser of the package diverges or overflows
+MAX_LR = 10.0
+
+
+def check_lr(name: str, value: float) -> float:
+    """A learning rate in (0, 10]."""
+    value = check_positive(name, value)
+    if value > MAX_LR:
+        raise ConfigError(f"{name} must lie in (0, {MAX_LR:g}] (got {value:g})")
+    return value
+
+
 def check_open_unit(name: str, value: float) -> float:
     """0 < value < 1."""
     value = check_finite(name, value)
@@ -139,7 +151,7 @@ def check_device_available(name: str, value: str) -> str:
     return value
 
 
-def check_out_dir(name: str, path) -> "Path":
+def check_out_dir(name: str, path):
     """An output folder that exists and is writable, or can be created (its nearest existing ancestor is a
     writable folder). Nothing is created here: the run creates it when it starts writing."""
     import os

@@ -55,7 +55,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_divergence_is_reported():
-    splits, model, config = _setup(lr=1e3)
+    splits, model, config = _setup(lr=10.0)
     with torch.no_grad():
         model.weights[0].mul_(1e30)
     with pytest.raises(DivergenceError, match="diverged"):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from easyhard._validate import (ConfigError, check_choice, check_device, check_distinct, check_int_at_least,
-                                check_positive, check_seed, check_workers)
+                                check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
 
@@ -73,7 +73,6 @@ class ImagesConfig:
         for name in ("n_train", "n_test", "steps", "batch_size", "n_eval", "n_gen", "sampler_steps"):
             check_int_at_least(name, getattr(self, name), 2 if name == "sampler_steps" else 1)
         check_workers("workers", self.workers)
-        check_positive("lr", self.lr)
         check_device("device", self.device)
         if not self.seeds:
             raise ConfigError("seeds must hold at least one seed")
@@ -82,6 +81,25 @@ class ImagesConfig:
         for i in self.eval_indices:
             if not 0 <= i < self.T:
                 raise ConfigError(f"eval_indices must lie in [0, {self.T - 1}] (got {i})")
+        check_int_at_least("patch_size", self.patch_size, 2)
+        check_int_at_least("ica_components", self.ica_components, 1)
+        self.train_config(0)  # the settings the run derives are checked now, before any work
+        if self.model == "mlp":
+            from easyhard.models.mlp import MLPConfig
+
+            MLPConfig(d=3 * self.patch_size**2, width=self.width, depth=self.depth)
+        else:
+            from easyhard.models.unet import UNetConfig
+
+            UNetConfig.preset(self.unet_preset)
+
+    def train_config(self, seed: int):
+        """The training settings of one arm (:class:`easyhard.train.DiffusionTrainConfig`)."""
+        from easyhard.train.diffusion import DiffusionTrainConfig
+
+        return DiffusionTrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
+                                    grad_clip=self.grad_clip, per_decade=self.per_decade, first=self.first, seed=seed,
+                                    device=self.device, compile=self.compile)
 
     def schedule(self) -> DDPMSchedule:
         return DDPMSchedule(T=self.T)
@@ -200,7 +218,7 @@ def run_arm(config: ImagesConfig, ref: Reference, data: torch.Tensor, arm: str, 
     """Train one arm and measure it at every checkpoint; returns its curves."""
     from easyhard.diffusion.denoiser import CoefficientDenoiser
     from easyhard.metrics.images import eps_loss_per_level, wiener_distance
-    from easyhard.train.diffusion import DiffusionTrainConfig, train_diffusion
+    from easyhard.train.diffusion import train_diffusion
 
     torch.set_num_threads(1)
     schedule = config.schedule()
@@ -219,11 +237,7 @@ def run_arm(config: ImagesConfig, ref: Reference, data: torch.Tensor, arm: str, 
         curves["steps"].append(step)
         net.train()
 
-    train_cfg = DiffusionTrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                                     warmup=config.warmup, grad_clip=config.grad_clip, per_decade=config.per_decade,
-                                     first=config.first, seed=seed, device=config.device,
-                                     compile=config.compile)
-    result = train_diffusion(model, data, schedule, train_cfg, Path(out_dir) / f"{arm}-seed{seed}",
+    result = train_diffusion(model, data, schedule, config.train_config(seed), Path(out_dir) / f"{arm}-seed{seed}",
                              on_checkpoint=measure)
     return {"arm": arm, "seed": seed, **curves, "train_loss": result.train_loss, "images_per_s": result.images_per_s}
 

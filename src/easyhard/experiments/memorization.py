@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from easyhard._io import CorruptedFile, atomic_write_json, json_sha256, read_checked_json, write_checked_json
-from easyhard._validate import ConfigError, check_choice, check_device, check_int_at_least, check_positive
+from easyhard._validate import (ConfigError, check_choice, check_device, check_int_at_least, check_positive,
+                                check_seed)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.diffusion.samplers import SamplerNoise, sample
@@ -132,6 +133,9 @@ class MemorizationConfig:
         if not 0 <= self.score_index < self.T:
             raise ConfigError(f"score_index must lie in [0, {self.T - 1}] (got {self.score_index})")
         check_positive("gen_tolerance", self.gen_tolerance)
+        check_int_at_least("fit_min_n", self.fit_min_n, 2)
+        check_seed("data_seed", self.data_seed)
+        check_positive("time_scale", self.time_scale)
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", EnsembleTrainConfig(**self.train))
 

@@ -251,9 +251,13 @@ def _coerce(field_name: str, value: Any, hint) -> Any:
         if int in allowed:
             return value
         if float in allowed:
+            if abs(value) > 1.7976931348623157e308:
+                raise ConfigError(f"{field_name} must be a finite number (got {value})")
             return float(value)
     elif isinstance(value, float):
         if float in allowed:
+            if not math.isfinite(value):  # no field of any experiment takes NaN or infinity
+                raise ConfigError(f"{field_name} must be a finite number (got {value})")
             return value
     elif isinstance(value, str):
         if str in allowed:
@@ -363,8 +367,9 @@ def make_config(experiment, values: Mapping[str, Any], context: str = "", base: 
     Unknown fields raise ConfigError naming the field and listing the allowed ones. Nested settings are
     set with dotted names (``train.steps``). Values are checked against the field types first: an integer
     given for a float field becomes a float (so ``beta = 5`` and ``beta = 5.0`` give the same config),
-    lists become tuples, and the string "none" sets an optional number to None. Then the dataclass is
-    constructed, so its own checks run. ``context`` (e.g. "run 3") prefixes error messages.
+    lists become tuples, the string "none" sets an optional number to None, and NaN or infinity is refused
+    for every number. Then the dataclass is constructed, so its own checks run. ``context`` (e.g. "run 3")
+    prefixes error messages.
     """
     prefix = f"{context}: " if context else ""
     try:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from easyhard._validate import (ConfigError, check_choice, check_device, check_distinct, check_int_at_least,
-                                check_positive, check_seed)
+                                check_open_unit, check_positive, check_seed)
 from easyhard.data import MixedCumulantModel
 from easyhard.experiments._text import fmt_num, parse_dims, text_table
 from easyhard.experiments.registry import Experiment, Option, RunContext
@@ -65,6 +65,9 @@ class StaircaseConfig:
             check_positive(name, getattr(self, name))
         check_int_at_least("steps_per_d", self.steps_per_d, 1)
         check_seed("base_seed", self.base_seed)
+        for name in ("threshold", "v_threshold"):
+            check_open_unit(name, getattr(self, name))
+        self.sgd(self.dims[0], "cpu")  # the online-SGD settings the run derives are checked now, before any work
         check_device("device", self.device)
 
     def model(self, d: int, coupling: str) -> MixedCumulantModel:
@@ -74,10 +77,11 @@ class StaircaseConfig:
     def single_neuron(self) -> SingleNeuron:
         return self.neuron.neuron(self.mcm)
 
-    def sgd(self, d: int) -> OnlineSGDConfig:
+    def sgd(self, d: int, device: str | None = None) -> OnlineSGDConfig:
+        """The online-SGD settings of the cells in dimension ``d`` (on ``device``, default the config's)."""
         return OnlineSGDConfig(steps=self.steps_per_d * d, delta=self.delta, p=1.0, t=self.neuron.t,
                                thresholds=tuple(sorted({self.v_threshold, self.threshold})), engine=self.engine,
-                               device=self.device, dtype=self.dtype)
+                               device=device or self.device, dtype=self.dtype)
 
     def total_member_steps(self) -> int:
         return len(self.couplings) * self.seeds * sum(self.steps_per_d * d for d in self.dims)

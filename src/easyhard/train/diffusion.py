@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_nonnegative, check_positive
+from easyhard._validate import (ConfigError, check_choice, check_int_at_least, check_lr, check_nonnegative,
+                                check_positive)
 from easyhard.diffusion import DDPMSchedule
 # STATE_FILE, read_state, load_snapshot and TrainResult stay importable from here (callers of the former module)
 from easyhard.train.finite import (
@@ -61,7 +62,7 @@ class DiffusionTrainConfig:
     def __post_init__(self):
         check_int_at_least("steps", self.steps, 1)
         check_int_at_least("batch_size", self.batch_size, 1)
-        check_positive("lr", self.lr)
+        check_lr("lr", self.lr)
         check_int_at_least("warmup", self.warmup, 0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_nonnegative("weight_decay", self.weight_decay)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_positive, check_seed
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_lr, check_seed
 from easyhard.diffusion.ddpm import DDPMSchedule
 
 # STATE_FILE and read_state stay importable from here (callers of the former module)
@@ -49,7 +49,7 @@ class EnsembleTrainConfig:
     def __post_init__(self) -> None:
         check_int_at_least("steps", self.steps, 1)
         check_int_at_least("batch_size", self.batch_size, 1)
-        check_positive("lr", self.lr)
+        check_lr("lr", self.lr)
         check_int_at_least("checkpoints", self.checkpoints, 2)
         check_int_at_least("first", self.first, 1)
         check_int_at_least("seed", self.seed, 0)
