@@ -16,7 +16,8 @@ numbers are all finite and that can be recorded. A few real ``reproduce`` runs a
 complete. Draws are bounded only where a valid corner is slow (coupled latents at beta_u > 10 in
 ``oracle-mse``) or known to exhaust the memory (the matched activation on the continuous laws laplace and
 uniform, checked on its own below). Every invocation runs under a memory cap and a time limit, so a runaway
-draw fails the test instead of the machine. Hypothesis is derandomized: CI draws the same examples every run.
+draw fails the test instead of the machine. Hypothesis is derandomized: CI draws the same examples every run;
+the invocations that broke the property when the test was written (KNOWN) run first, as explicit examples.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from easyhard.cli import main
@@ -304,9 +305,36 @@ SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=False
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+def _with_examples(check, name: str, examples):
+    """``check`` (a @given test) that also runs these explicit examples of its argument ``name``, first: the
+    invocations that broke the property once stay checked, whatever the random draws (derandomized draws
+    change when the test's code changes)."""
+    for value in examples:
+        check = example(**{name: value})(check)
+    return check
+
+
+#: invocations that broke the property when this test was written (issue 14), checked on every run
+KNOWN = {
+    "exponents": [["exponents", "--a-out", "1e200"]],
+    "calibrate": [["calibrate", "--a-out", "1.5643172678257114e+77"],
+                  ["calibrate", "--nu", "bernoulli_gauss", "--nu-param", "0.1", "--beta-u", "0", "--beta-v", "20",
+                   "--t", "0.1", "--a-out", "-1", "--threshold", "1e-224"]],
+    # reproduce NAME --out OUT ...: the options after OUT
+    "reproduce exponents": [["--set", "neuron.a_out=1e308"], ["--set", "k_max=17"]],
+    "reproduce staircase": [["--dims", "4"], ["--set", "dims=none"], ["--set", "dims=[[1]]"]],
+    "reproduce scaling": [["--set", "phase_zetas=none"], ["--set", "canonical_dims=64"],
+                          ["--set", "canonical.budget=1e308"], ["--set", "canonical.budget_power=1e308"]],
+    "reproduce recovery": [["--set", "budget=1e308"]],
+    "reproduce memorization": [["--address", "auto"], ["--set", "thresholds=abc"]],
+    "reproduce images": [["--set", "eval_indices=abc"]],
+    "reproduce": [["--full", "--address", "auto"]],
+    "sweep": [["--set", "k_max=17"]],
+}
+
+
 @pytest.mark.parametrize("command", sorted(THEORY))
 def test_theory_commands_complete_or_refuse(capsys, command):
-    @settings(max_examples=THEORY[command][2], **SETTINGS)
     @given(argv=_theory_argv(command))
     def check(argv):
         outcome = _invoke(capsys, argv)
@@ -314,7 +342,7 @@ def test_theory_commands_complete_or_refuse(capsys, command):
         if outcome.rc == 0 and "--json" in argv:
             json.loads(outcome.out)  # one JSON object, NaN-free (json.loads accepts NaN: _NONFINITE refuses it)
 
-    check()
+    settings(max_examples=THEORY[command][2], **SETTINGS)(_with_examples(check, "argv", KNOWN.get(command, [])))()
 
 
 def test_matched_activation_on_a_continuous_law(capsys):
@@ -547,7 +575,6 @@ def test_reproduce_refuses_before_work_or_starts_with_valid_configs(capsys, monk
 
     experiments = MAIN_JOB if name is None else (name,)
 
-    @settings(max_examples=60, **SETTINGS)
     @given(drawn=_reproduce_argv(places, name))
     def check(drawn):
         argv, out = drawn
@@ -562,7 +589,10 @@ def test_reproduce_refuses_before_work_or_starts_with_valid_configs(capsys, monk
             if outcome.rc == 2 and out and out != str(places.a_file):
                 assert not Path(out).exists(), f"{outcome.command}\n  -> refused, but {out} was created"
 
-    check()
+    command = "reproduce" if name is None else f"reproduce {name}"
+    known = [([*command.split(), "--out", out, *tail], out)
+             for tail, out in ((tail, places.out("fresh")) for tail in KNOWN.get(command, []))]
+    settings(max_examples=60, **SETTINGS)(_with_examples(check, "drawn", known))()
 
 
 def test_unknown_names_in_text_fields_are_refused_before_work(capsys, monkeypatch, places):
@@ -702,7 +732,6 @@ def test_sweep_refuses_before_work_or_starts(capsys, monkeypatch, places):
         files[key] = str(places.root / f"sweep-{key.replace(' ', '-')}.toml")
         Path(files[key]).write_text(text)
 
-    @settings(max_examples=50, **SETTINGS)
     @given(drawn=_sweep_argv(places, files))
     def check(drawn):
         argv, out = drawn
@@ -720,7 +749,9 @@ def test_sweep_refuses_before_work_or_starts(capsys, monkeypatch, places):
         if outcome.rc != 0 and out and out != str(places.a_file):
             assert not Path(out).exists(), f"{outcome.command}\n  -> {out} was created (exit code {outcome.rc})"
 
-    check()
+    known = [(["sweep", files["valid"], "--out", out, *tail], out)
+             for tail, out in ((tail, places.out("fresh")) for tail in KNOWN["sweep"])]
+    settings(max_examples=50, **SETTINGS)(_with_examples(check, "drawn", known))()
 
 
 RESULTS = {
