@@ -47,6 +47,18 @@ def check_lr(name: str, value: float) -> float:
     return value
 
 
+#: the most diffusion steps T a schedule may have (the DDPM standard is 1000)
+MAX_T = 100_000
+
+
+def check_schedule_length(name: str, value: int, low: int = 1) -> int:
+    """A number of diffusion steps T in [low, 100000]."""
+    value = check_int_at_least(name, value, low)
+    if value > MAX_T:
+        raise ConfigError(f"{name} must be an integer in [{low}, {MAX_T}] (got {value})")
+    return value
+
+
 def check_open_unit(name: str, value: float) -> float:
     """0 < value < 1."""
     value = check_finite(name, value)

@@ -180,7 +180,10 @@ def _value(experiment, key: str, text: str):
 
     if str in field_types(experiment, key) and text.lower() not in ("none", "null"):
         return text
-    return parse_value(text)
+    try:
+        return parse_value(text)
+    except ConfigError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def _assignments(experiments: dict, sets: tuple[str, ...]) -> dict[str, dict]:
@@ -217,7 +220,7 @@ def _run_job(experiments: dict, configs: dict, out_dir: str, cells, profile: str
     results = {}
     for name, experiment in experiments.items():
         config = configs[name]
-        length = experiment.total(config) if experiment.total is not None else None
+        length = experiment.total(config) if experiment.total is not None else 1
         with click.progressbar(length=length, label=name, file=sys.stderr, item_show_func=lambda x: x) as bar:
             results |= run_experiments([(name, config)], out_dir, cells,
                                        lambda *_: (lambda advance=1, label=None: bar.update(advance, label)),
@@ -229,24 +232,24 @@ def _run_job(experiments: dict, configs: dict, out_dir: str, cells, profile: str
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - start:.1f} s")
 
 
-def _checked_configs(experiments: dict, profile: str | None, values: dict, flags: dict, force: bool) -> dict:
+def _checked_configs(experiments: dict, profile: str | None, values: dict, flags: dict, force: bool
+                     ) -> tuple[dict, dict]:
     """Each experiment's config, validated before any work: fields (errors name the option where one sets the
     field), the device this machine has, and the memory and time it would take (refused above the bounds of
-    :mod:`easyhard.experiments.resources` unless ``force``)."""
+    :mod:`easyhard.experiments.resources` unless ``force``). Returns the configs and the estimates by name."""
     from easyhard._validate import check_device_available
     from easyhard.experiments.registry import build_config
     from easyhard.experiments.resources import check_resources
 
     configs = {}
-    with _option_errors(flags | {"device": "--device"}):
+    with _option_errors(flags):
         for name, experiment in experiments.items():
             config = configs[name] = build_config(experiment, profile, values[name])
             if isinstance(getattr(config, "device", None), str):
                 check_device_available("device", config.device)
-    for name, config in configs.items():
-        if experiments[name].resources is not None:
-            _announce(check_resources(f"reproduce {name}", experiments[name].resources(config), force), name)
-    return configs
+    estimates = {name: check_resources(f"reproduce {name}", experiments[name].resources(config), force)
+                 for name, config in configs.items() if experiments[name].resources is not None}
+    return configs, estimates
 
 
 def _announce(estimate, what: str) -> None:
@@ -306,17 +309,19 @@ def _experiment_command(names: tuple[str, ...], prog: str) -> click.Command:
                 value = True if option.is_flag else (option.parse(raw) if option.parse else
                                                      _value(experiments[name], option.field, raw))
                 values[name].setdefault(option.field, value)
-        configs = _checked_configs(experiments, profile, values, flags, force)
-        if profile == "full" and any(getattr(c, "device", "cuda") == "cpu" for c in configs.values()):
-            click.echo("easyhard: warning: the full profile is sized for one GPU; on the CPU it takes hours", err=True)
+        if address is not None and backend != "ray":
+            raise ConfigError("--address needs --backend ray")
+        configs, estimates = _checked_configs(experiments, profile, values, flags, force)
         cells = None
         if backend is not None:
             from easyhard.runs import make_backend
             from easyhard.runs.cells import BackendCells
 
             cells = BackendCells(make_backend(backend, address=address, connect_timeout=ray_timeout))
-        elif address is not None:
-            raise ConfigError("--address needs --backend ray")
+        for name, estimate in estimates.items():  # all checks passed: say what the run will take
+            _announce(estimate, f"reproduce {name}")
+        if profile == "full" and any(getattr(c, "device", "cuda") == "cpu" for c in configs.values()):
+            click.echo("easyhard: warning: the full profile is sized for one GPU; on the CPU it takes hours", err=True)
         _run_job(experiments, configs, out_dir, cells, profile, restart)
 
     from easyhard.experiments.registry import names as registered

@@ -27,6 +27,9 @@ def _uniform(shape: tuple[int, ...], generator, dtype, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, dtype=dtype, device=device)
 
 
+#: elements of the (points x quadrature nodes) logits evaluated at a time by LatentLaw.posterior_mean
+POSTERIOR_CHUNK = 1 << 22
+
 @dataclass(frozen=True)
 class LatentLaw:
     """Base class: a zero-mean, unit-variance law for the non-Gaussian latent nu."""
@@ -65,8 +68,14 @@ class LatentLaw:
         nodes, weights = self.quadrature()
         nodes = nodes.to(h.device, h.dtype)
         logw = torch.log(weights).to(h.device, h.dtype)
-        logits = logw - (h.unsqueeze(-1) - scale * nodes) ** 2 / (2 * var)
-        return (torch.softmax(logits, dim=-1) * nodes).sum(-1)
+        flat = h.reshape(-1)
+        out = torch.empty_like(flat)
+        chunk = max(1, POSTERIOR_CHUNK // len(nodes))  # bounded memory: chunk x nodes logits at a time
+        for start in range(0, len(flat), chunk):
+            part = flat[start:start + chunk]
+            logits = logw - (part.unsqueeze(-1) - scale * nodes) ** 2 / (2 * var)
+            out[start:start + chunk] = (torch.softmax(logits, dim=-1) * nodes).sum(-1)
+        return out.reshape(h.shape)
 
     def to_dict(self) -> dict:
         return {"name": self.name}

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_open_unit, check_positive
+from easyhard._validate import (ConfigError, check_choice, check_open_unit, check_positive,
+                                check_schedule_length)
 from easyhard.diffusion.ou import Coefficient, check_positive_coefficient, perturb
 
 Index = int | Tensor
@@ -76,7 +77,7 @@ class DDPMSchedule:
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, SCHEDULE_KINDS)
-        object.__setattr__(self, "T", check_int_at_least("T", self.T, 1))
+        object.__setattr__(self, "T", check_schedule_length("T", self.T, 1))
         object.__setattr__(self, "beta_start", check_open_unit("beta_start", self.beta_start))
         object.__setattr__(self, "beta_end", check_open_unit("beta_end", self.beta_end))
         if self.beta_end < self.beta_start:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from easyhard._validate import (ConfigError, check_choice, check_device, check_distinct, check_int_at_least,
-                                check_seed, check_workers)
+                                check_schedule_length, check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
 
@@ -82,16 +82,18 @@ class ImagesConfig:
             if not 0 <= i < self.T:
                 raise ConfigError(f"eval_indices must lie in [0, {self.T - 1}] (got {i})")
         check_int_at_least("patch_size", self.patch_size, 2)
+        if self.patch_size > 64:
+            raise ConfigError(f"patch_size must be an integer in [2, 64] (got {self.patch_size})")
+        check_schedule_length("T", self.T, 2)
+        from easyhard.models.unet import UNET_PRESETS
+
+        check_choice("unet_preset", self.unet_preset, UNET_PRESETS)
         check_int_at_least("ica_components", self.ica_components, 1)
         self.train_config(0)  # the settings the run derives are checked now, before any work
         if self.model == "mlp":
             from easyhard.models.mlp import MLPConfig
 
             MLPConfig(d=3 * self.patch_size**2, width=self.width, depth=self.depth)
-        else:
-            from easyhard.models.unet import UNetConfig
-
-            UNetConfig.preset(self.unet_preset)
 
     def train_config(self, seed: int):
         """The training settings of one arm (:class:`easyhard.train.DiffusionTrainConfig`)."""

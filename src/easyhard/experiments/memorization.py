@@ -45,7 +45,7 @@ from torch import Tensor
 
 from easyhard._io import CorruptedFile, atomic_write_json, json_sha256, read_checked_json, write_checked_json
 from easyhard._validate import (ConfigError, check_choice, check_device, check_int_at_least, check_positive,
-                                check_seed)
+                                check_schedule_length, check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.diffusion.samplers import SamplerNoise, sample
@@ -134,6 +134,15 @@ class MemorizationConfig:
             raise ConfigError(f"score_index must lie in [0, {self.T - 1}] (got {self.score_index})")
         check_positive("gen_tolerance", self.gen_tolerance)
         check_int_at_least("fit_min_n", self.fit_min_n, 2)
+        check_schedule_length("T", self.T)
+        check_workers("threads", self.threads)
+        check_int_at_least("patch_size", self.patch_size, 2)
+        for name, high in (("d", 4096), ("components", 10_000), ("patch_size", 64)):
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name} must be an integer <= {high} (got {getattr(self, name)})")
+        for name, high in (("spectrum_power", 10.0), ("mean_variance", 100.0)):
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name} must be <= {high:g} (got {getattr(self, name):g})")
         check_seed("data_seed", self.data_seed)
         check_positive("time_scale", self.time_scale)
         if isinstance(self.train, dict):

@@ -233,7 +233,9 @@ def _settable(hint) -> bool:
 
 def _coerce(field_name: str, value: Any, hint) -> Any:
     """Check ``value`` against a scalar hint (ints widen to float; "none" -> None for optional numbers)."""
-    if isinstance(value, list):
+    if typing.get_origin(hint) in (tuple, list) and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{field_name} must be a list, e.g. {field_name}=[1, 2] (got {value!r})")
+    if isinstance(value, (list, tuple)):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis] if hint is not None else []
         inner = args[0] if len(args) == 1 or (len(args) > 1 and all(a == args[0] for a in args)) else None
         value = tuple(_coerce(field_name, v, inner) for v in value)
@@ -376,7 +378,7 @@ def make_config(experiment, values: Mapping[str, Any], context: str = "", base: 
         return _apply(experiment.config_cls, base, values, "", getattr(experiment, "name", "?"))
     except ConfigError as err:
         raise ConfigError(f"{prefix}{err}") from None
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ConfigError(f"{prefix}invalid config: {' '.join(str(err).split())}") from None
 
 

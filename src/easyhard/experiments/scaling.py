@@ -32,6 +32,7 @@ from easyhard._validate import (
     check_int_at_least,
     check_n_boot,
     check_nonnegative,
+    check_seed,
     check_positive,
     check_unit_interval,
 )
@@ -48,6 +49,10 @@ DIRECTIONS = ("u", "v")
 S1_MCM = MCMSettings(nu="bernoulli_gauss", nu_param=0.1, beta_u=0.0, beta_v=20.0)
 S1_NEURON = NeuronSettings(activation="tanh", t=0.1, a_out=-1.0)
 _SPIKE = {"u": 0, "v": 1}
+
+
+#: the most online-SGD steps a cell may take (10^15: about a year of the reduced simulator on one core)
+MAX_STEPS = 1e15
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,16 @@ class RecoveryConfig:
             check_positive(name, getattr(self, name))
         check_unit_interval("threshold", self.threshold)
         check_int_at_least("seeds", self.seeds, 2)
-        check_int_at_least("base_seed", self.base_seed, 0)
-        if self.steps < 1:
-            raise ConfigError(f"budget * d^budget_power must give at least one step (got {self.steps})")
+        check_seed("base_seed + seeds - 1", self.base_seed + self.seeds - 1)
+        check_seed("base_seed", self.base_seed)
+        check_device("device", self.device)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_int_at_least("n_logs", self.n_logs, 2)
+        if self.budget_power > 10:
+            raise ConfigError(f"budget_power must lie in [0, 10] (got {self.budget_power:g})")
+        steps = self.budget * float(self.d) ** self.budget_power
+        if not 1 <= steps <= MAX_STEPS:
+            raise ConfigError(f"budget * d^budget_power must give between 1 and {MAX_STEPS:.0e} steps (got {steps:.3g})")
 
     @property
     def steps(self) -> int:

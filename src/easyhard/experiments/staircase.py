@@ -32,6 +32,10 @@ from easyhard.train import OnlineSGDConfig, run_online_sgd
 COUPLINGS = ("independent", "sign")
 
 
+#: the largest base_seed: the member seeds derived from it (:func:`run_cell`) stay below 2^63
+MAX_BASE_SEED = 2**40
+
+
 @dataclass(frozen=True)
 class StaircaseConfig:
     """Staircase settings; defaults are those of docs/theory/mcm.md section 7 (tanh, t = 0.5, beta_u = beta_v = 5, eta = 0.5/d, 40 d steps)."""
@@ -55,7 +59,7 @@ class StaircaseConfig:
         if not self.dims:
             raise ConfigError("dims must hold at least one dimension d >= 8")
         for d in self.dims:
-            check_int_at_least("d", d, 8)
+            check_int_at_least("dims", d, 8)
         check_distinct("dims", self.dims)
         check_distinct("couplings", self.couplings)
         check_int_at_least("seeds", self.seeds, 1)
@@ -64,7 +68,9 @@ class StaircaseConfig:
         for name in ("delta", "v_window_per_d"):
             check_positive(name, getattr(self, name))
         check_int_at_least("steps_per_d", self.steps_per_d, 1)
-        check_seed("base_seed", self.base_seed)
+        if not 0 <= check_seed("base_seed", self.base_seed) <= MAX_BASE_SEED:
+            raise ConfigError(f"base_seed must be an integer in [0, 2^40] (member seeds base_seed * 1000003 + ... "
+                              f"stay below 2^63; got {self.base_seed})")
         for name in ("threshold", "v_threshold"):
             check_open_unit(name, getattr(self, name))
         self.sgd(self.dims[0], "cpu")  # the online-SGD settings the run derives are checked now, before any work

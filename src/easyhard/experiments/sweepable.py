@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from easyhard._validate import ConfigError, check_int_at_least
+from easyhard._validate import ConfigError
 from easyhard.experiments.registry import Experiment, RunContext
 from easyhard.theory import MCMSettings, NeuronSettings, diffusion_exponents, hermite_coefficients
+from easyhard.theory.hermite import check_k_max
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class ExponentsConfig:
     alpha_u_learned: float = 0.5
 
     def __post_init__(self):
-        check_int_at_least("k_max", self.k_max, 2)
+        check_k_max(self.k_max, 2)
         if not 0 < self.alpha_u_learned < 1:
             raise ConfigError(f"alpha_u_learned must lie in (0, 1) (got {self.alpha_u_learned:g})")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from easyhard._io import atomic_write_json, atomic_write_text
+from easyhard._io import atomic_write_json, atomic_write_text, nonfinite_path
 from easyhard._validate import ConfigError
 from easyhard.experiments.registry import CellRunner, Progress, RunContext, config_to_dict, get_experiment
 from easyhard.runs.io import environment_info
@@ -101,4 +101,13 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Path]:
         raise ConfigError(f"{path} cannot be read ({type(err).__name__}); rerun the experiment") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path} is not a results file of easyhard (expected a JSON object)")
-    return write_report(out_dir, saved)
+    bad = nonfinite_path(saved)
+    if bad is not None:
+        raise ConfigError(f"{path} holds a non-finite number at {bad}; rerun the experiment")
+    try:
+        return write_report(out_dir, saved)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ConfigError(f"{path} does not hold the results of a finished run ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:120]}); rerun the experiment") from None

@@ -450,6 +450,8 @@ def calibrate(model: MixedCumulantModel, neuron: SingleNeuron, direction: str = 
     """
     check_choice("direction", direction, ("u", "v"))
     threshold = check_open_unit("threshold", threshold)
+    if threshold < 1e-6:  # the needed dimension (barrier / threshold)^2 would not be an integer of any run
+        raise ConfigError(f"threshold must lie in [1e-06, 1) (got {threshold:g})")
     if zeta is not None and eps is None:
         _check_zeta("zeta", check_positive("zeta", zeta), zeta)
     k, c_k, warnings = _check_escape_direction(model, neuron, direction, k_max)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from easyhard._validate import ConfigError, check_choice
+from easyhard._validate import ConfigError, check_choice, check_finite
 from easyhard.activations import Activation
 from easyhard.data import COUPLINGS, LATENT_LAWS, MixedCumulantModel, make_latent_law
 from easyhard.data.latents import LatentLaw
@@ -62,6 +62,10 @@ class MCMSettings:
                                          coupling=self.coupling, q=self.q)
 
 
+#: the largest |a_out| and |skip| the theory commands accept
+SCALE_LIMIT = 100.0
+
+
 @dataclass(frozen=True)
 class NeuronSettings:
     """The tied single-neuron denoiser's parameters (module docstring); defaults: tanh at t = 0.5.
@@ -71,12 +75,16 @@ class NeuronSettings:
 
     activation: str = field(default="tanh", metadata={"help": f"one of {', '.join(ACTIVATIONS)}"})
     t: float = field(default=0.5, metadata={"help": "OU time t, in [%g, %g]" % THEORY_T_RANGE})
-    a_out: float = field(default=1.0, metadata={"help": "fixed output scale a_t (nonzero)"})
-    skip: float | None = field(default=None, metadata={"help": "skip coefficient c_t [default: e^-t]"})
+    a_out: float = field(default=1.0, metadata={"help": "fixed output scale a_t (nonzero, |a_out| <= 100)"})
+    skip: float | None = field(default=None, metadata={"help": "skip coefficient c_t, |c_t| <= 100 [default: e^-t]"})
 
     def __post_init__(self):
         check_choice("activation", self.activation, ACTIVATIONS)
         check_theory_time(self.t)
+        for name in ("a_out", "skip"):  # beyond 100 the loss polynomial's a_out^2 terms leave the validated range
+            value = getattr(self, name)
+            if value is not None and not abs(check_finite(name, value)) <= SCALE_LIMIT:
+                raise ConfigError(f"{name} must lie in [-{SCALE_LIMIT:g}, {SCALE_LIMIT:g}] (got {value:g})")
         SingleNeuron(make_activation("linear"), self.t, self.skip, self.a_out)  # t, a_out and skip: its checks
 
     def activation_for(self, mcm: MCMSettings) -> Activation:
