@@ -129,4 +129,4 @@ def test_reproduce_quick_writes_theory_and_staircase(tmp_path, capsys):
 
 def test_reproduce_rejects_bad_dims(capsys, tmp_path):
     code, _, err = _run(capsys, "reproduce", "--out", str(tmp_path / "o"), "--dims", "4")
-    assert code == 2 and "d must be an integer >= 8" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--dims must be an integer >= 8" in err and len(err.strip().splitlines()) == 1

@@ -114,7 +114,7 @@ def test_toy_runs_through_reproduce_report_and_sweeps(toy, tmp_path, capsys):
     (["reproduce", "toy", "--quick", "--full"], ["choose one profile"]),
     (["reproduce", "toy", "--profile", "full"], ["profile must be one of smoke, quick"]),
     (["reproduce", "--set", "nope.x=1"], ["NAME.FIELD=VALUE with NAME one of theory, staircase, scaling"]),
-    (["reproduce", "staircase", "--set", "dims=[4]"], ["d must be an integer >= 8"]),
+    (["reproduce", "staircase", "--set", "dims=[4]"], ["dims must be an integer >= 8"]),
     (["reproduce", "memorization", "--set", "train.nope=1"], ["unknown field 'train.nope'", "train.steps"]),
     (["reproduce", "memorization", "--set", "train=3"], ["field 'train' is a group of settings", "train.steps"]),
     (["reproduce", "scaling", "--set", "parts=1"], ["field 'parts' cannot be set"]),

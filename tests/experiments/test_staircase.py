@@ -81,7 +81,7 @@ def test_profiles_and_validation():
     assert profile("quick", seeds=3).seeds == 3
     with pytest.raises(ConfigError, match="profile"):
         profile("huge")
-    with pytest.raises(ConfigError, match="d must"):
+    with pytest.raises(ConfigError, match="dims must"):
         StaircaseConfig(dims=(4,))
     with pytest.raises(ConfigError, match="coupling"):
         StaircaseConfig(couplings=("invisible",))
