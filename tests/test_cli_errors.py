@@ -194,3 +194,25 @@ def test_sweep_workers_bound(capsys, tmp_path):
     spec.write_text(SWEEP)
     _refused(capsys, ["sweep", str(spec), "--workers", "1000", "--out", str(tmp_path / "o")], "--workers",
              tmp_path / "o")
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["exponents", "--beta-u", "1e308"], "--beta-u"),
+    (["calibrate", "--beta-u", "1e308"], "--beta-u"),
+    (["exponents", "--k-max", "100000"], "--k-max"),
+    (["calibrate", "--k-max", "100000"], "--k-max"),
+    (["calibrate", "--zeta", "1e300"], "--zeta"),
+    (["calibrate", "--zeta", "1e-300"], "--zeta"),
+    (["calibrate", "--eps", "1e300"], "--eps"),
+    (["exponents", "--t", "1e300"], "--t"),
+    (["exponents", "--t", "1e-300"], "--t"),
+    (["oracle-mse", "--beta-u", "1e308"], "--beta-u"),
+    (["oracle-mse", "--beta-u", "1e308", "--json"], "--beta-u"),
+    (["oracle-mse", "--t", "1e300"], "--t"),
+    (["calibrate", "--dims", "99999999999999999999999"], "--dims"),
+    (["calibrate", "--dims", "64,64"], "--dims"),
+    (["exponents", "--a-out", "1e200"], "--a-out"),
+    (["calibrate", "--threshold", "1e-224"], "--threshold"),
+])
+def test_theory_commands_refuse_values_outside_their_ranges(capsys, argv, name):
+    _refused(capsys, argv, name)
