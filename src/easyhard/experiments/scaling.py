@@ -157,10 +157,11 @@ def run_recovery(config: RecoveryConfig, ctx: RunContext | None = None) -> dict:
 
 def recovery_resources(config: RecoveryConfig):
     """Online SGD of ``seeds`` members for ``steps`` steps, ``n_logs`` records
-    (:func:`easyhard.experiments.resources.online_sgd`); the reduced simulator's step costs as in d = 8."""
+    (:func:`easyhard.experiments.resources.online_sgd`); the reduced simulator's step, whose cost does not depend
+    on d, costs as a full step at d = 4 (about 1e-7 s per member-step, README benchmark)."""
     from easyhard.experiments.resources import online_sgd
 
-    d = 8 if config.engine == "reduced" else config.d
+    d = 4 if config.engine == "reduced" else config.d
     return online_sgd(config.seeds, config.steps, d, records_per_step=False, device=config.device)
 
 

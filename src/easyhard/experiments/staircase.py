@@ -292,11 +292,10 @@ def summarize_staircase(results: dict) -> list[str]:
 
 def staircase_resources(config: StaircaseConfig):
     """Online SGD of ``seeds`` members for ``steps_per_d d`` steps per cell, records at every step
-    (:func:`easyhard.experiments.resources.online_sgd`), summed over the cells, plus about 10 s per cell for
-    its theory table and the analysis of its records (measured on 2 cores)."""
+    (:func:`easyhard.experiments.resources.online_sgd`), summed over the cells."""
     from easyhard.experiments.resources import Resources, online_sgd
 
-    total = Resources(0.0, 10.0 * len(config.dims) * len(config.couplings))
+    total = Resources(0.0, 0.0)
     for d in config.dims:
         total += online_sgd(config.seeds * len(config.couplings), config.steps_per_d * d, d, device=config.device)
     return total
