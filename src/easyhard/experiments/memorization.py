@@ -545,11 +545,20 @@ def run_memorization(config: MemorizationConfig, out_dir: str | Path,
     results equal those of an uninterrupted run. A file that cannot be used is a CorruptedFile naming it,
     or, with ``restart``, the saved run is deleted and training starts over; nothing unverified is used.
     """
+    torch.set_flush_denormal(True)  # denormals slow late training ~10x on CPU (docs/theory/generalization.md section 11.4)
+    try:
+        return _train_and_analyse(config, out_dir, progress, restart)
+    finally:
+        torch.set_flush_denormal(False)  # the process default again: other code in this process needs subnormals
+
+
+def _train_and_analyse(config: MemorizationConfig, out_dir: str | Path,
+                     progress: Callable[[int], None] | None = None, restart: bool = False) -> dict:
+    """:func:`run_memorization` without its process-wide setting of the CPU's denormal mode."""
     from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
     from easyhard.train.ensemble import train_ensemble
 
     torch.set_num_threads(config.threads)
-    torch.set_flush_denormal(True)  # denormals slow late training ~10x on CPU (docs/theory/generalization.md section 11.4)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_json = json.loads(json.dumps(config.to_dict()))
