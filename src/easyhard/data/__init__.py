@@ -24,12 +24,13 @@ from easyhard.data.latents import (
     latent_law_from_dict,
     make_latent_law,
 )
+from easyhard.data.grammar import HierarchicalGrammar
 from easyhard.data.mcm import GaussianModel, MixedCumulantModel
 from easyhard.data.mixture import GaussianMixture, random_mixture
 
 __all__ = [
     "ABS_NORMAL_MEDIAN", "COUPLINGS", "LATENT_LAWS", "PHOTOS", "BernoulliGauss", "GaussianMixture", "GaussianModel",
-    "Laplace", "LatentLaw", "LatentPair", "MixedCumulantModel", "Rademacher", "TwoPoint", "Uniform",
+    "HierarchicalGrammar", "Laplace", "LatentLaw", "LatentPair", "MixedCumulantModel", "Rademacher", "TwoPoint", "Uniform",
     "embedded_patches", "gaussian_clone", "latent_law_from_dict", "load_cifar10", "load_image_folder", "load_photos",
     "load_tensor_folder", "make_latent_law", "random_mixture",
 ]

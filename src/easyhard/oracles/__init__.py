@@ -1,12 +1,15 @@
-"""Exact or closed-form denoisers: Wiener (Gaussian), Bayes-optimal for the MCM, empirical-optimal; the
-Bayes-matched activation and the factory of every activation by name."""
+"""Exact or closed-form denoisers: Wiener (Gaussian), Bayes-optimal for the MCM, empirical-optimal, belief
+propagation for the hierarchical grammar; the Bayes-matched activation and the factory of every activation by
+name."""
 
 from easyhard.oracles.bayes_mcm import GaussianChannels, MCMBayesDenoiser, per_direction_mse, v_posterior_mean
 from easyhard.oracles.empirical import EmpiricalDenoiser, empirical_denoiser, empirical_score
+from easyhard.oracles.grammar_bp import BeliefPropagationDenoiser
 from easyhard.oracles.matched import ACTIVATIONS, Matched, make_activation
 from easyhard.oracles.wiener import WienerDenoiser
 
 __all__ = [
-    "ACTIVATIONS", "EmpiricalDenoiser", "GaussianChannels", "MCMBayesDenoiser", "Matched", "WienerDenoiser",
-    "empirical_denoiser", "empirical_score", "make_activation", "per_direction_mse", "v_posterior_mean",
+    "ACTIVATIONS", "BeliefPropagationDenoiser", "EmpiricalDenoiser", "GaussianChannels", "MCMBayesDenoiser",
+    "Matched", "WienerDenoiser", "empirical_denoiser", "empirical_score", "make_activation", "per_direction_mse",
+    "v_posterior_mean",
 ]
