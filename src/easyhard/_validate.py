@@ -53,10 +53,7 @@ MAX_T = 100_000
 
 def check_schedule_length(name: str, value: int, low: int = 1) -> int:
     """A number of diffusion steps T in [low, 100000]."""
-    value = check_int_at_least(name, value, low)
-    if value > MAX_T:
-        raise ConfigError(f"{name} must be an integer in [{low}, {MAX_T}] (got {value})")
-    return value
+    return check_int_in(name, value, low, MAX_T)
 
 
 def check_open_unit(name: str, value: float) -> float:
@@ -83,16 +80,24 @@ def check_int_at_least(name: str, value: int, low: int) -> int:
     return int(value)
 
 
+def check_int_in(name: str, value: int, low: int, high: int, high_text: str | None = None, reason: str = "") -> int:
+    """An integer in [low, high]; above ``high`` the message shows ``high_text`` (default: the number) and
+    ``reason`` (why the bound is there), below ``low`` it is :func:`check_int_at_least`'s."""
+    value = check_int_at_least(name, value, low)
+    if value > high:
+        why = f"{reason}; " if reason else ""
+        raise ConfigError(f"{name} must be an integer in [{low}, {high if high_text is None else high_text}] "
+                          f"({why}got {value})")
+    return value
+
+
 #: the largest seed accepted anywhere (NumPy's and torch's generators take seeds in [0, 2^63))
 MAX_SEED = 2**63 - 1
 
 
 def check_seed(name: str, value: int) -> int:
     """A seed: an integer in [0, 2^63 - 1]."""
-    value = check_int_at_least(name, value, 0)
-    if value > MAX_SEED:
-        raise ConfigError(f"{name} must be an integer in [0, 2^63 - 1] (got {value})")
-    return value
+    return check_int_in(name, value, 0, MAX_SEED, "2^63 - 1")
 
 
 def check_distinct(name: str, values: Iterable) -> tuple:
@@ -111,21 +116,14 @@ MAX_BOOT = 10**6
 
 def check_n_boot(name: str, value: int, low: int = 10) -> int:
     """A bootstrap resample count in [low, 10^6]."""
-    value = check_int_at_least(name, value, low)
-    if value > MAX_BOOT:
-        raise ConfigError(f"{name} must be an integer in [{low}, {MAX_BOOT}] (got {value})")
-    return value
+    return check_int_in(name, value, low, MAX_BOOT)
 
 
 def check_workers(name: str, value: int) -> int:
     """A number of worker processes in [1, 4 x the CPU count]."""
     import os
 
-    bound = 4 * (os.cpu_count() or 1)
-    value = check_int_at_least(name, value, 1)
-    if value > bound:
-        raise ConfigError(f"{name} must be an integer in [1, {bound}] (4 x the {os.cpu_count()} CPUs; got {value})")
-    return value
+    return check_int_in(name, value, 1, 4 * (os.cpu_count() or 1), reason=f"4 x the {os.cpu_count()} CPUs")
 
 
 def check_choice(name: str, value: str, choices: Iterable[str]) -> str:

@@ -44,8 +44,7 @@ def _settings_options(cls, only: tuple[str, ...] | None = None):
 def _option_errors(names):
     """Errors that start with a field name name its option instead (``n_boot`` -> ``--n-boot``); ``names``: field
     names, or a mapping of field names to their options."""
-    flags = dict(names) if isinstance(names, dict) and all(isinstance(v, str) and v.startswith("--")
-                                                           for v in names.values()) else {n: _flag(n) for n in names}
+    flags = dict(names) if isinstance(names, dict) else {n: _flag(n) for n in names}
     try:
         yield
     except ConfigError as err:
@@ -477,7 +476,7 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
     check_out_dir("--out", out_dir)
     values = {"samples": samples_dir, "train": train_dir, "test": test_dir, "thresholds": _parse_thresholds(thresholds),
               "n_boot": n_boot, "seed": seed, "max_samples": max_samples}
-    with _option_errors(values):
+    with _option_errors(list(values)):
         config = DiagnoseConfig(**values)
         result = run_diagnose(config)
     inputs = result["inputs"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from easyhard._validate import (ConfigError, check_choice, check_device, check_distinct, check_int_at_least,
-                                check_schedule_length, check_seed, check_workers)
+                                check_int_in, check_schedule_length, check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
 
@@ -81,9 +81,7 @@ class ImagesConfig:
         for i in self.eval_indices:
             if not 0 <= i < self.T:
                 raise ConfigError(f"eval_indices must lie in [0, {self.T - 1}] (got {i})")
-        check_int_at_least("patch_size", self.patch_size, 2)
-        if self.patch_size > 64:
-            raise ConfigError(f"patch_size must be an integer in [2, 64] (got {self.patch_size})")
+        check_int_in("patch_size", self.patch_size, 2, 64)
         check_schedule_length("T", self.T, 2)
         from easyhard.models.unet import UNET_PRESETS
 

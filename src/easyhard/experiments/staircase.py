@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from easyhard._validate import (ConfigError, check_choice, check_device, check_distinct, check_int_at_least,
-                                check_open_unit, check_positive, check_seed)
+                                check_int_in, check_open_unit, check_positive)
 from easyhard.data import MixedCumulantModel
 from easyhard.experiments._text import fmt_num, parse_dims, text_table
 from easyhard.experiments.registry import Experiment, Option, RunContext
@@ -68,9 +68,8 @@ class StaircaseConfig:
         for name in ("delta", "v_window_per_d"):
             check_positive(name, getattr(self, name))
         check_int_at_least("steps_per_d", self.steps_per_d, 1)
-        if not 0 <= check_seed("base_seed", self.base_seed) <= MAX_BASE_SEED:
-            raise ConfigError(f"base_seed must be an integer in [0, 2^40] (member seeds base_seed * 1000003 + ... "
-                              f"stay below 2^63; got {self.base_seed})")
+        check_int_in("base_seed", self.base_seed, 0, MAX_BASE_SEED, "2^40",
+                     "member seeds base_seed * 1000003 + ... stay below 2^63")
         for name in ("threshold", "v_threshold"):
             check_open_unit(name, getattr(self, name))
         self.sgd(self.dims[0], "cpu")  # the online-SGD settings the run derives are checked now, before any work

@@ -30,7 +30,7 @@ import math
 import torch
 
 from easyhard._quadrature import gaussian_panels
-from easyhard._validate import ConfigError, check_int_at_least
+from easyhard._validate import check_int_in
 from easyhard.data.mcm import MixedCumulantModel
 from easyhard.theory.loss import SingleNeuron
 
@@ -58,11 +58,8 @@ _ROUNDING_ULPS = 1e4
 
 def check_k_max(k_max: int, low: int = 1) -> int:
     """k_max, an integer in [low, K_MAX_LIMIT]; ConfigError naming ``k_max`` otherwise."""
-    k_max = check_int_at_least("k_max", k_max, low)
-    if k_max > K_MAX_LIMIT:
-        raise ConfigError(f"k_max must be an integer in [{low}, {K_MAX_LIMIT}] (Hermite orders whose "
-                          f"coefficients stay accurate in float64; got {k_max})")
-    return k_max
+    return check_int_in("k_max", k_max, low, K_MAX_LIMIT,
+                        reason="Hermite orders whose coefficients stay accurate in float64")
 
 
 def _f_rule() -> tuple[torch.Tensor, torch.Tensor]:
