@@ -98,3 +98,20 @@ def test_sequences_are_validated():
         grammar.is_grammatical(torch.zeros(2, 8, dtype=torch.int64))
     with pytest.raises(ConfigError, match="^x must"):
         grammar.one_hot(torch.full((2, 4), 3))
+
+
+def test_draw_splits_gives_sizes_and_a_test_set_unseen_in_every_split():
+    grammar = HierarchicalGrammar.create(depth=3, q=6, q_eff=4, seed=0)
+    splits, test = grammar.draw_splits([64, 64, 32], 200, torch.Generator().manual_seed(1))
+    assert [len(s) for s in splits] == [64, 64, 32] and test.shape == (200, 8)
+    seen = {tuple(row) for s in splits for row in s.tolist()}
+    assert not seen & {tuple(row) for row in test.tolist()}
+    assert bool(grammar.is_grammatical(test).all())
+    again, test_again = grammar.draw_splits([64, 64, 32], 200, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(splits, again)) and torch.equal(test, test_again)
+
+
+def test_draw_splits_refuses_a_test_set_larger_than_the_unseen_support():
+    grammar = HierarchicalGrammar.create(depth=1, q=2, q_eff=1, seed=0)  # support: 2 sequences
+    with pytest.raises(ConfigError, match="n_test"):
+        grammar.draw_splits([8], 4, torch.Generator().manual_seed(0))

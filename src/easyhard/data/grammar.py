@@ -78,6 +78,29 @@ class HierarchicalGrammar:
             level = torch.stack((pairs // self.q, pairs % self.q), dim=2).view(n, -1)
         return level
 
+    def draw_splits(self, sizes: list[int] | tuple[int, ...], n_test: int,
+                    generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
+        """Training splits and a held-out test set (docs/theory/grammar.md section 1.2): split j holds
+        ``sizes[j]`` independent draws (n_j, L); the test set holds ``n_test`` further draws none of which equals
+        (in content) a sequence of any split, found by rejection. ConfigError if the grammar's support is too
+        small to give them within 64 rounds of draws."""
+        sizes = [check_int_at_least("sizes", n, 1) for n in sizes]
+        n_test = check_int_at_least("n_test", n_test, 1)
+        pool = self.sample(sum(sizes), generator)
+        seen = set(map(tuple, pool.tolist()))
+        test: list[Tensor] = []
+        have = 0
+        for _ in range(64):
+            cand = self.sample(2 * (n_test - have) + 64, generator)
+            fresh = torch.tensor([tuple(row) not in seen for row in cand.tolist()], dtype=torch.bool,
+                                 device=cand.device)
+            test.append(cand[fresh][:n_test - have])
+            have += len(test[-1])
+            if have == n_test:
+                return list(torch.split(pool, sizes)), torch.cat(test)
+        raise ConfigError(f"n_test = {n_test} held-out sequences unseen in the splits could not be drawn: the "
+                          f"grammar's support is too small for these sizes")
+
     def one_hot(self, x: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
         """Unit-norm one-hot encoding (n, L, q) of sequences ``x`` (n, L)."""
         return torch.nn.functional.one_hot(self._check_sequences(x), self.q).to(dtype)
