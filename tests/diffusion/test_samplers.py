@@ -60,6 +60,21 @@ def test_timesteps_quadratic_and_linear():
         timesteps(schedule, 5, "cubic")
 
 
+def test_timesteps_from_a_start_index_and_a_sampler_started_there():
+    schedule = DDPMSchedule(T=500, beta_start=2e-4, beta_end=0.04, index_base=1)
+    assert timesteps(schedule, 4, "linear", start=61) == [61, 41, 21, 1]
+    assert timesteps(schedule, 100, "linear", start=5) == [5, 4, 3, 2, 1]
+    assert timesteps(schedule, 3, start=None) == timesteps(schedule, 3)
+    for bad in (0, 501, 2.5, True):
+        with pytest.raises(ConfigError, match="start"):
+            timesteps(schedule, 3, start=bad)
+    # a sampler started at index 1 makes no step: it returns the denoiser's x0-prediction of the given state
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sample(CoefficientDenoiser(lambda x, a, s: 0.5 * x), schedule, x.shape, method="ancestral", steps=3,
+                 clip_x0=None, noise=SamplerNoise(x, 0), start=1)
+    torch.testing.assert_close(out, 0.5 * x)
+
+
 def test_single_ddim_and_ancestral_steps_match_hand_formulas():
     """Two indices [T-1, 0]: one DDIM / posterior step then x0_hat at index 0, checked by hand."""
     schedule = DDPMSchedule(T=100)

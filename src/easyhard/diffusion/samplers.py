@@ -59,16 +59,22 @@ METHODS = ("ddim", "ancestral")
 SPACINGS = ("quadratic", "linear")
 
 
-def timesteps(schedule: DDPMSchedule, steps: int, spacing: str = "quadratic") -> list[int]:
-    """Decreasing step indices (schedule's base) from index_base + T - 1 down to index_base.
+def timesteps(schedule: DDPMSchedule, steps: int, spacing: str = "quadratic", start: int | None = None) -> list[int]:
+    """Decreasing step indices (schedule's base) from ``start`` (default: the last index, index_base + T - 1)
+    down to index_base.
 
-    quadratic: round((k/(steps-1))^2 (T-1)), linear: round(k (T-1)/(steps-1)), k = 0..steps-1,
-    deduplicated (so fewer than ``steps`` when steps > T or the quadratic grid collides at small k).
-    ``steps=1`` gives the single top index.
+    With top = start - index_base: quadratic: round((k/(steps-1))^2 top), linear: round(k top/(steps-1)),
+    k = 0..steps-1, deduplicated (so fewer than ``steps`` when steps > top + 1 or the quadratic grid collides
+    at small k). ``steps=1`` gives the single top index.
     """
     steps = check_int_at_least("steps", steps, 1)
     check_choice("spacing", spacing, SPACINGS)
     top = schedule.T - 1
+    if start is not None:
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start - schedule.index_base <= top:
+            raise ConfigError(f"start must be a step index in [{schedule.index_base}, {schedule.index_base + top}] "
+                              f"(got {start!r})")
+        top = start - schedule.index_base
     if steps == 1:
         grid = [top]
     else:
@@ -155,12 +161,14 @@ def sample(denoiser: Denoiser | Callable[[Tensor, int], Tensor], schedule: DDPMS
            method: str = "ddim", steps: int = 25, spacing: str = "quadratic", heun: bool = True,
            clip_x0: float | None = 2.0, generator: torch.Generator | None = None,
            noise: SamplerNoise | None = None, device: torch.device | str = "cpu",
-           dtype: torch.dtype = torch.float32) -> Tensor:
+           dtype: torch.dtype = torch.float32, start: int | None = None) -> Tensor:
     """Generate samples of shape ``shape`` (B, ...) with a Denoiser (or ``denoiser(x_t, i) -> eps_hat``).
 
     method: "ddim" (deterministic, Heun-corrected if ``heun``) or "ancestral" (``heun`` ignored);
     steps, spacing: the index grid of :func:`timesteps` (``steps=schedule.T`` with linear spacing
     is the full 1000-step ancestral sampler); clip_x0: clamp x0_hat to [-clip_x0, clip_x0], or None.
+    start: the index the grid starts from (default the last, index_base + T - 1); with it, ``noise.initial``
+    is the state x_start to denoise (e.g. noised data: a U-turn), not necessarily pure noise.
     Randomness: ``noise`` (a :class:`SamplerNoise` whose ``initial`` has shape ``shape``, or a trailing part
     of it, broadcast over the leading axes together with every per-step draw) if given,
     else drawn from ``generator`` (None: torch's default generator), initial state first.
@@ -171,7 +179,7 @@ def sample(denoiser: Denoiser | Callable[[Tensor, int], Tensor], schedule: DDPMS
     denoiser = as_denoiser(denoiser)
     if clip_x0 is not None:
         clip_x0 = check_positive("clip_x0", clip_x0)
-    indices = timesteps(schedule, steps, spacing)
+    indices = timesteps(schedule, steps, spacing, start)
     shape = tuple(shape)
     if noise is None:
         gen_device = generator.device if generator is not None else torch.device(device)
