@@ -144,11 +144,14 @@ def test_dropout_acts_in_train_mode_only():
         torch.testing.assert_close(plain.logits(x, i), plain.logits(x, i), rtol=0, atol=0)
 
 
-def test_ancestral_sampling_runs_on_the_ensemble():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ancestral_sampling_runs_on_the_ensemble(dtype):
+    """Any state dtype: the network computes in its own and answers in the state's."""
     model = _model().eval()
-    out = sample(model, SCHEDULE, (3, 6, 5, 4), method="ancestral", steps=8, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (3, 6, 5, 4) and bool(torch.isfinite(out).all())
-    torch.testing.assert_close(out.sum(-1), torch.ones(3, 6, 5), atol=1e-4, rtol=0)  # the last x0_hat: probabilities
+    out = sample(model, SCHEDULE, (3, 6, 5, 4), method="ancestral", steps=8, generator=torch.Generator().manual_seed(0),
+                 dtype=dtype)
+    assert out.shape == (3, 6, 5, 4) and out.dtype == dtype and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out.sum(-1), torch.ones(3, 6, 5, dtype=dtype), atol=1e-4, rtol=0)  # last x0_hat
 
 
 @pytest.mark.parametrize("field,value,match", [

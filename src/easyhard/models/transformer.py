@@ -193,11 +193,12 @@ class EnsembleTransformer(nn.Module):
 
     def logits(self, x_t: Tensor, i: int | Tensor) -> Tensor:
         """Logits (E, B, L, q) of the clean tokens for x_t (E, B, L, q) and the step index i: an int, or a tensor
-        of shape (B,) (shared by the members) or (E, B)."""
+        of shape (B,) (shared by the members) or (E, B). Computed in the parameters' dtype (x_t is cast)."""
         c = self.config
         if x_t.ndim != 4 or x_t.shape[0] != c.members or x_t.shape[2:] != (c.length, c.q):
             raise ConfigError(f"x_t must have shape (E, B, L, q) = ({c.members}, B, {c.length}, {c.q}) "
                               f"(got {tuple(x_t.shape)})")
+        x_t = x_t.to(self.w_in.dtype)
         E, B, L, q = x_t.shape
         h = torch.bmm(x_t.reshape(E, B * L, q), self.w_in).view(E, B, L, -1)
         h = (h + (self.pos.unsqueeze(1) + self._time_shift(x_t, i))).view(E, B * L, -1)
@@ -213,8 +214,9 @@ class EnsembleTransformer(nn.Module):
         return _linear(h, self.w_out, self.b_out).view(E, B, L, q)
 
     def forward(self, x_t: Tensor, i: int | Tensor | NoiseLevel, schedule: DDPMSchedule | None = None) -> Tensor:
-        """x0_hat = softmax(logits) (E, B, L, q) for x_t (E, B, L, q) at index i (int, (B,) or (E, B)) or a step
-        level; ``schedule`` is unused (the network sees the raw index), accepted for ``model(x_t, i, schedule)``."""
+        """x0_hat = softmax(logits) (E, B, L, q), in x_t's dtype, for x_t (E, B, L, q) at index i (int, (B,) or
+        (E, B)) or a step level; ``schedule`` is unused (the network sees the raw index), accepted for
+        ``model(x_t, i, schedule)``."""
         if isinstance(i, NoiseLevel):
             i, _ = as_step(i, schedule)
-        return torch.softmax(self.logits(x_t, i), dim=-1)
+        return torch.softmax(self.logits(x_t, i), dim=-1).to(x_t.dtype)

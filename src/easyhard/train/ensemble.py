@@ -8,9 +8,12 @@ with replacement), fresh indices i ~ U{0..T-1} and eps ~ N(0, I) per example, an
 
 with Adam: the loop of :func:`easyhard.train.finite.train_loop` on a model with a leading member axis.
 Since the members share no parameters, the sum decouples: each member follows exactly the trajectory it
-would follow alone. Checkpoints are ``checkpoints`` log-spaced steps from ``first`` to ``steps``; at each
-the caller's ``on_checkpoint(step, model)`` runs (measurements) and then the training state is written to
-``state.pt``, from which ``resume=True`` continues exactly.
+would follow alone. Token sequences (splits of int64 sequences (n_e, L)) are trained the same way with
+``loss=sequence_loss``, the token cross-entropy of docs/theory/generalization.md section 8.5, and usually
+an EMA of the weights (``ema_decay``; section 12). Checkpoints are ``checkpoints`` log-spaced steps from
+``first`` to ``steps``; at each the caller's ``on_checkpoint(step, model)`` runs (measurements, on the EMA
+weights when there is an EMA) and then the training state is written to ``state.pt``, from which
+``resume=True`` continues exactly.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_lr, check_seed
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_lr, check_open_unit, check_seed
 from easyhard.diffusion.ddpm import DDPMSchedule
 
 # STATE_FILE and read_state stay importable from here (callers of the former module)
-from easyhard.train.finite import STATE_FILE, LoopConfig, checkpoint_grid, read_state, train_loop
+from easyhard.train.finite import STATE_FILE, Loss, LoopConfig, checkpoint_grid, denoising_loss, read_state, train_loop
 
 BATCHES = ("tile", "random")
 
@@ -36,7 +39,9 @@ class EnsembleTrainConfig:
     """steps of Adam (learning rate ``lr``) with ``batch_size`` points per member per step, each with a fresh
     index and noise; ``batches``: "tile" (every point of the split batch_size / n times per step, the CPU
     demonstration of docs/theory/generalization.md) or "random" (drawn with replacement) [choice]; ``checkpoints``
-    log-spaced checkpoint steps from ``first`` to ``steps``; ``seed`` of the training generator."""
+    log-spaced checkpoint steps from ``first`` to ``steps``; ``seed`` of the training generator; ``ema_decay``
+    in (0, 1): keep the EMA e <- ema_decay e + (1 - ema_decay) w of the weights after every step and measure it
+    at the checkpoints (None: no EMA, the live weights are measured)."""
 
     steps: int = 8000
     batch_size: int = 128
@@ -45,6 +50,7 @@ class EnsembleTrainConfig:
     first: int = 10
     seed: int = 0
     batches: str = "tile"
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         check_int_at_least("steps", self.steps, 1)
@@ -55,6 +61,8 @@ class EnsembleTrainConfig:
         check_int_at_least("seed", self.seed, 0)
         check_choice("batches", self.batches, BATCHES)
         check_seed("seed", self.seed)
+        if self.ema_decay is not None:
+            object.__setattr__(self, "ema_decay", check_open_unit("ema_decay", self.ema_decay))
         if self.first >= self.steps:
             raise ConfigError(f"steps must be above first = {self.first}, the first checkpoint (got {self.steps})")
 
@@ -63,9 +71,10 @@ class EnsembleTrainConfig:
         return checkpoint_grid(self.first, self.steps, self.checkpoints)
 
     def loop(self, device: torch.device) -> LoopConfig:
-        """The loop settings for an ensemble whose splits live on ``device``: Adam, no warm-up, clipping or EMA."""
+        """The loop settings for an ensemble whose splits live on ``device``: Adam, no warm-up or clipping, the
+        EMA of ``ema_decay``."""
         return LoopConfig(identity=self.to_dict(), steps=self.steps, checkpoints=tuple(self.checkpoint_steps()),
-                          lr=self.lr, seed=self.seed, device=str(device), member_axis=True)
+                          lr=self.lr, seed=self.seed, device=str(device), ema_decay=self.ema_decay, member_axis=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +84,8 @@ class EnsembleTrainConfig:
 class Splits:
     """Per-member training sets, padded on a leading member axis.
 
-    data: (E, n_max, d), member e's points in rows 0..counts[e]-1; counts: (E,) int64, >= 1.
+    data: (E, n_max, d), member e's points (or int64 token sequences of length d) in rows 0..counts[e]-1;
+    counts: (E,) int64, >= 1.
     """
 
     data: Tensor
@@ -111,15 +121,27 @@ class Splits:
 def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, config: EnsembleTrainConfig,
                    out_dir: str | Path, resume: bool = False,
                    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[float]:
-    """Train every member of ``model`` (``model(x_t (E, B, d), i (E, B), schedule)``) on its split.
+                   progress: Callable[[int], None] | None = None, loss: Loss = denoising_loss) -> list[float]:
+    """Train every member of ``model`` on its split with the per-member ``loss``: :func:`denoising_loss` (the
+    default) for ``model(x_t (E, B, d), i (E, B), schedule) -> eps_hat``, or
+    :func:`~easyhard.train.finite.sequence_loss` for an x0-logit network on token splits (E, n, L).
 
-    Returns the mean training loss per checkpoint interval, averaged over members. ``resume=True``
-    continues from ``out_dir/state.pt`` (ConfigError if missing, CorruptedFile if it cannot be used:
-    :func:`~easyhard.train.finite.check_state`); without it an existing state is an error, so nothing is
-    overwritten.
+    ``on_checkpoint(step, net)`` gets the EMA model when ``config.ema_decay`` is set, else the live model, in
+    eval mode (the live model is switched back to training afterwards). Returns the mean training loss per
+    checkpoint interval, averaged over members. ``resume=True`` continues from ``out_dir/state.pt``
+    (ConfigError if missing, CorruptedFile if it cannot be used: :func:`~easyhard.train.finite.check_state`);
+    without it an existing state is an error, so nothing is overwritten.
     """
-    measure = None if on_checkpoint is None else (lambda step, net, _ema: on_checkpoint(step, net))
+
+    def measure(step: int, net: nn.Module, ema: nn.Module | None) -> None:
+        evaluated = net if ema is None else ema
+        evaluated.eval()
+        try:
+            on_checkpoint(step, evaluated)
+        finally:
+            net.train()
+
     result = train_loop(model, lambda gen: splits.draw(config.batch_size, gen, config.batches), schedule,
-                        config.loop(splits.data.device), out_dir, resume, measure, progress)
+                        config.loop(splits.data.device), out_dir, resume, None if on_checkpoint is None else measure,
+                        progress, loss)
     return result.train_loss

@@ -8,6 +8,9 @@ and eps ~ N(0, I) per example, form x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps
     L = sum_e mean_{b, k} (eps_hat_e(x_i, i) - eps)^2          (one term without a member axis)
 
 with Adam/AdamW, a linear learning-rate warm-up, gradient clipping and an optional EMA of the weights.
+The per-member loss is a parameter of the loop: :func:`denoising_loss` (the eps-MSE above, the default)
+or :func:`sequence_loss`, the token cross-entropy of an x0-logit network on noised one-hot sequences
+(docs/theory/generalization.md section 8.5).
 
 At each checkpoint step (:func:`checkpoint_grid`, and step 0 if asked) the caller's ``on_checkpoint``
 runs (measurements), then the *training state* ``state.pt`` (model, EMA, optimizer, scheduler, generator
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import time
@@ -39,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from easyhard._io import CorruptedFile, nonfinite_path
@@ -50,6 +55,8 @@ STATE_FILE = "state.pt"
 #: what to do with a saved state that cannot be used (the CLI's --restart reaches runs as RunContext.restart)
 RESTART_HINT = "rerun with --restart to discard it and start over"
 _LOG_KEYS = ("checkpoint_steps", "train_loss", "images_per_s")
+#: a per-member training loss: loss(model, x0, schedule, generator, member_axis) -> (E,) or a scalar
+Loss = Callable[[nn.Module, Tensor, DDPMSchedule, torch.Generator, bool], Tensor]
 
 
 def checkpoint_grid(first: int, steps: int, count: int) -> list[int]:
@@ -72,6 +79,37 @@ def denoising_loss(model: nn.Module, x0: Tensor, schedule: DDPMSchedule, generat
     a, s = (c.to(x0.dtype).reshape(shape) for c in schedule.coefficients(i))
     squared = (model(a * x0 + s * eps, i, schedule) - eps) ** 2
     return squared.mean(tuple(range(1, x0.ndim))) if member_axis else squared.mean()
+
+
+@functools.lru_cache(maxsize=16)
+def _alpha_bar_table(schedule: DDPMSchedule, device: torch.device) -> Tensor:
+    """abar_k, k = 0..T-1 (0-based storage), float64 on ``device``; cached, so a training step makes no
+    host-to-device copy (and no synchronisation) to look it up."""
+    return schedule.alphas_bar.to(device)
+
+
+def sequence_loss(model: nn.Module, x0: Tensor, schedule: DDPMSchedule, generator: torch.Generator,
+                  member_axis: bool = True) -> Tensor:
+    """Token cross-entropy of an x0-logit network (docs/theory/generalization.md section 8.5; noising of
+    docs/theory/grammar.md section 1.3): i ~ U over the schedule's indices (stored base) and eps ~ N(0, I) of
+    shape x0.shape + (q,), drawn from ``generator`` in that order, x_i = sqrt(abar_i) e(x0) + sqrt(1 - abar_i) eps
+    with e the one-hot encoding, and
+
+        loss = mean_{b, l} -log softmax(model.logits(x_i, i))[x0_{b, l}].
+
+    x0: int64 tokens (E, B, L) with ``member_axis`` (one index per member and sequence; returns the per-member
+    means (E,)) or (B, L) without (returns a scalar). ``model`` has ``logits(x_t, i)`` and ``config.q``
+    (:class:`~easyhard.models.transformer.EnsembleTransformer`); x_i has the dtype of its parameters."""
+    q = model.config.q
+    dtype = next(model.parameters()).dtype
+    lead = x0.shape[:2] if member_axis else x0.shape[:1]
+    k = torch.randint(0, schedule.T, lead, generator=generator, device=x0.device)
+    eps = torch.randn((*x0.shape, q), generator=generator, device=x0.device, dtype=dtype)
+    abar = _alpha_bar_table(schedule, x0.device)[k].reshape(lead + (1,) * (x0.ndim + 1 - len(lead)))
+    x_t = abar.sqrt().to(dtype) * F.one_hot(x0, q).to(dtype) + (1 - abar).sqrt().to(dtype) * eps
+    logits = model.logits(x_t, k + schedule.index_base)
+    nll = F.cross_entropy(logits.reshape(-1, q), x0.reshape(-1), reduction="none").view(x0.shape)
+    return nll.mean(tuple(range(1, x0.ndim))) if member_axis else nll.mean()
 
 
 @dataclass(frozen=True)
@@ -307,9 +345,11 @@ def check_state(state_path: Path, model: nn.Module, loop: LoopConfig) -> int:
 def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], schedule: DDPMSchedule,
                loop: LoopConfig, out_dir: str | Path, resume: bool = False,
                on_checkpoint: Callable[[int, nn.Module, nn.Module | None], None] | None = None,
-               progress: Callable[[int], None] | None = None) -> TrainResult:
-    """Train ``model`` (``model(x_t, i, schedule) -> eps_hat``) on the mini-batches ``draw(generator)`` (x0 on
-    ``loop.device``) and write checkpoints to ``out_dir`` (module docstring).
+               progress: Callable[[int], None] | None = None, loss: Loss = denoising_loss) -> TrainResult:
+    """Train ``model`` on the mini-batches ``draw(generator)`` (x0 on ``loop.device``) by minimising the sum over
+    members of ``loss(model, x0, schedule, generator, loop.member_axis)`` (per-member losses (E,) or a scalar;
+    default :func:`denoising_loss`, for ``model(x_t, i, schedule) -> eps_hat``; :func:`sequence_loss` for
+    token sequences) and write checkpoints to ``out_dir`` (module docstring).
 
     ``on_checkpoint(step, model, ema)`` runs at every checkpoint step, before the state is saved.
     ``resume=True`` continues from ``out_dir/state.pt``: ConfigError if it is missing, CorruptedFile (before
@@ -366,17 +406,17 @@ def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], sche
         while step < target:
             x0 = draw(gen)
             with autocast:
-                per_member = denoising_loss(step_fn, x0, schedule, gen, loop.member_axis)
-            loss = per_member.sum()
+                per_member = loss(step_fn, x0, schedule, gen, loop.member_axis)
+            total = per_member.sum()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             if loop.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
             opt.step()
             sched.step()
             if ema is not None:
                 _ema_update(ema, model, loop.ema_decay)
-            loss_sum += loss.detach().double()
+            loss_sum += total.detach().double()
             step += 1
             since += 1
             examples += x0.shape[:1 + loop.member_axis].numel()
