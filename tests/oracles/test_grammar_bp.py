@@ -187,6 +187,16 @@ def test_leaf_channels_push_the_uniform_root_to_the_leaf_marginals():
     torch.testing.assert_close(channels.mean(1), grammar.leaf_marginals(), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("factorised", [1, 2, 3, 4])
+def test_factorised_models_keep_the_exact_leaf_marginals(factorised):
+    """Node j of level k has the law (1/q) 1^T P_j, its exact marginal, so at abar -> 0 every BP_k gives the
+    marginals of section 1.2."""
+    grammar = HierarchicalGrammar.create()
+    _, x_t = _noisy(grammar, 8, 1e-14, seed=9)
+    posterior = BeliefPropagationDenoiser(grammar, factorised=factorised)(x_t, 1e-14)
+    torch.testing.assert_close(posterior, grammar.leaf_marginals().expand(8, -1, -1), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("factorised", [-1, 4, 1.5, True])
 def test_factorised_level_outside_the_tree_is_rejected(factorised):
     with pytest.raises(ConfigError, match="^factorised "):

@@ -39,8 +39,8 @@ def test_equals_direct_loop_for_numbers_tensors_and_levels():
     expected = _direct(x_t, sequences, 5, abar.tolist())
     torch.testing.assert_close(denoiser(x_t, abar), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(denoiser(x_t, NoiseLevel.at_index(SCHEDULE, i)), expected, rtol=0, atol=1e-12)
-    torch.testing.assert_close(denoiser(x_t.view(2, 3, 7, 5), 0.4), _direct(x_t, sequences, 5, [0.4] * 6).view(2, 3, 7, 5),
-                               rtol=0, atol=1e-12)
+    batched = denoiser(x_t.view(2, 3, 7, 5), 0.4)
+    torch.testing.assert_close(batched, _direct(x_t, sequences, 5, [0.4] * 6).view(2, 3, 7, 5), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("depth", [2, 3])
