@@ -259,5 +259,29 @@ def test_bad_inputs_raise_config_errors():
         loss_decomposition(posterior.log(), tokens + 3, posterior)
     with pytest.raises(ConfigError, match="same \\(N, L, q\\)"):
         loss_decomposition(_laws((5, 8, 4), 3).log(), tokens, posterior)
-    with pytest.raises(ConfigError, match=r"x0 must have shape \(N, L\)"):
+    with pytest.raises(ConfigError, match=r"x0 must have shape \(5, 8\)"):
         loss_decomposition(posterior.log(), tokens[:, :4], posterior)
+
+
+def test_per_member_inputs_broadcast_like_shared_ones():
+    """uturn_overlap, uturn_ratio and loss_decomposition with one input set per member (E, N, ...) equal the
+    per-member calls with shared inputs."""
+    g = torch.Generator().manual_seed(3)
+    E, N, L, q = 3, 5, 4, 3
+    original = torch.randint(0, q, (E, N, L), generator=g)
+    denoised = torch.randint(0, q, (E, N, L), generator=g)
+    log_p = torch.log_softmax(torch.randn(E, N, L, q, generator=g, dtype=torch.float64), -1)
+    posterior = torch.softmax(torch.randn(E, N, L, q, generator=g, dtype=torch.float64), -1)
+    overlap = uturn_overlap(denoised, original)
+    bp = torch.rand(E, N, generator=g, dtype=torch.float64) + 0.5
+    mean, sem = uturn_ratio(overlap, bp)
+    whole = loss_decomposition(log_p, original, posterior)
+    for e in range(E):
+        torch.testing.assert_close(overlap[e], uturn_overlap(denoised[e], original[e]))
+        m, s = uturn_ratio(overlap[e], bp[e])
+        torch.testing.assert_close((mean[e], sem[e]), (m, s))
+        one = loss_decomposition(log_p[e], original[e], posterior[e])
+        for key in one:
+            torch.testing.assert_close(whole[key][e], one[key])
+    with pytest.raises(ConfigError, match="original"):
+        uturn_overlap(denoised, original[:2])

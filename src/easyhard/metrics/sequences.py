@@ -187,31 +187,42 @@ def nn_divergence(d_gen: Tensor, d_ref: Tensor, length: int, clip: float = 1e-8)
 def uturn_overlap(denoised: Tensor, original: Tensor) -> Tensor:
     """overlap_j = (1/L) #{i : denoised_j,i = original_j,i}: the fraction of positions a U-turn (noise the
     original, denoise back to t = 0) gives back (docs/theory/generalization.md section 9, U-turn). denoised
-    (..., N, L), original (N, L), integer tokens -> float64 (..., N)."""
+    (..., N, L) and original (..., N, L) with leading axes that broadcast (e.g. original (N, L) shared by the
+    members of an ensemble, or (E, N, L) one set per member), integer tokens -> float64 (..., N)."""
     _tokens("denoised", denoised)
     _tokens("original", original)
-    if original.ndim != 2 or denoised.shape[-2:] != original.shape:
-        raise ConfigError(f"denoised must have shape (..., N, L) and original (N, L) with the same (N, L) "
-                          f"(got {tuple(denoised.shape)} and {tuple(original.shape)})")
+    try:
+        lead = torch.broadcast_shapes(denoised.shape[:-2], original.shape[:-2])
+    except RuntimeError:
+        lead = None
+    if original.ndim < 2 or denoised.ndim < 2 or denoised.shape[-2:] != original.shape[-2:] or lead is None:
+        raise ConfigError(f"denoised must have shape (..., N, L) and original (..., N, L) with the same (N, L) and "
+                          f"leading axes that broadcast (got {tuple(denoised.shape)} and {tuple(original.shape)})")
     return (denoised == original).to(torch.float64).mean(-1)
 
 
-def uturn_ratio(model_overlap: Tensor, bp_overlap: Tensor) -> tuple[float, float]:
+def uturn_ratio(model_overlap: Tensor, bp_overlap: Tensor) -> tuple[Tensor, Tensor]:
     """(mean, SEM) over sequences of r_j = overlap_model,j / overlap_BP,j (docs/theory/generalization.md
-    section 9, U-turn), SEM = std(r, ddof = 1) / sqrt(N). model_overlap, bp_overlap (N,) with N >= 2:
-    per-sequence overlaps, e.g. :func:`uturn_overlap` averaged over the repetitions. A sequence with zero BP
-    overlap has no ratio and raises ConfigError (it is not silently dropped)."""
+    section 9, U-turn), SEM = std(r, ddof = 1) / sqrt(N). model_overlap (..., N) and bp_overlap (..., N) with
+    leading axes that broadcast and N >= 2: per-sequence overlaps, e.g. :func:`uturn_overlap` averaged over the
+    repetitions; returns two float64 tensors of the broadcast leading shape (0-d for 1-d inputs). A sequence
+    with zero BP overlap has no ratio and raises ConfigError (it is not silently dropped)."""
     for name, x in (("model_overlap", model_overlap), ("bp_overlap", bp_overlap)):
-        if not isinstance(x, Tensor) or x.ndim != 1 or len(x) < 2:
-            raise ConfigError(f"{name} must be a tensor of shape (N,) with N >= 2")
-    if model_overlap.shape != bp_overlap.shape:
-        raise ConfigError(f"model_overlap and bp_overlap must have the same shape (got {tuple(model_overlap.shape)} "
+        if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[-1] < 2:
+            raise ConfigError(f"{name} must be a tensor of shape (..., N) with N >= 2")
+    try:
+        torch.broadcast_shapes(model_overlap.shape, bp_overlap.shape)
+    except RuntimeError:
+        raise ConfigError(f"model_overlap and bp_overlap must have shapes that broadcast with the same N (got "
+                          f"{tuple(model_overlap.shape)} and {tuple(bp_overlap.shape)})") from None
+    if model_overlap.shape[-1] != bp_overlap.shape[-1]:
+        raise ConfigError(f"model_overlap and bp_overlap must have the same N (got {tuple(model_overlap.shape)} "
                           f"and {tuple(bp_overlap.shape)})")
     zeros = int((bp_overlap <= 0).sum())
     if zeros:
         raise ConfigError(f"bp_overlap must be > 0 for every sequence (got {zeros} sequences <= 0)")
     r = model_overlap.to(torch.float64) / bp_overlap.to(torch.float64)
-    return float(r.mean()), float(r.std() / math.sqrt(len(r)))
+    return r.mean(-1), r.std(-1) / math.sqrt(r.shape[-1])
 
 
 def loss_decomposition(log_p: Tensor, x0: Tensor, posterior: Tensor) -> dict[str, Tensor]:
@@ -222,17 +233,21 @@ def loss_decomposition(log_p: Tensor, x0: Tensor, posterior: Tensor) -> dict[str
         l* = -x0* . log p = H(x0*) + KL(x0* || p)        (distillation part),
         l~ = l - l* = -(e(x0) - x0*) . log p              (data-dependent excess),
 
-    with p the model's law log_p (..., N, L, q) (log-probabilities), x0 (N, L) the clean tokens and x0* =
-    posterior (N, L, q) the exact posterior E[e(x0) | x_t] (BP leaf marginals). Terms with x0*[i, a] = 0 count
-    0 even where log p = -inf. Returns {"l", "l_star", "l_tilde"}, each (..., N) in log_p's dtype."""
+    with p the model's law log_p (..., N, L, q) (log-probabilities), x0 (..., N, L) the clean tokens and x0* =
+    posterior (..., N, L, q) the exact posterior E[e(x0) | x_t] (BP leaf marginals); x0 and posterior may have
+    fewer leading axes than log_p (e.g. inputs shared by the members of an ensemble) or the same (one set per
+    member). Terms with x0*[i, a] = 0 count 0 even where log p = -inf. Returns {"l", "l_star", "l_tilde"}, each
+    (..., N) in log_p's dtype."""
     _laws("log_p", log_p)
     _laws("posterior", posterior)
-    if posterior.ndim != 3 or log_p.ndim < 3 or log_p.shape[-3:] != posterior.shape:
-        raise ConfigError(f"log_p must have shape (..., N, L, q) and posterior (N, L, q) with the same (N, L, q) "
-                          f"(got {tuple(log_p.shape)} and {tuple(posterior.shape)})")
+    lead = log_p.shape[:-3]
+    if (posterior.ndim < 3 or log_p.ndim < 3 or log_p.shape[-3:] != posterior.shape[-3:]
+            or posterior.shape[:-3] != lead[len(lead) - (posterior.ndim - 3):]):
+        raise ConfigError(f"log_p must have shape (..., N, L, q) and posterior (..., N, L, q) with the same (N, L, q) "
+                          f"and trailing leading axes (got {tuple(log_p.shape)} and {tuple(posterior.shape)})")
     _tokens("x0", x0, posterior.shape[-1])
-    if x0.shape != posterior.shape[:2]:
-        raise ConfigError(f"x0 must have shape (N, L) = {tuple(posterior.shape[:2])} (got {tuple(x0.shape)})")
+    if x0.shape != posterior.shape[:-1]:
+        raise ConfigError(f"x0 must have shape {tuple(posterior.shape[:-1])} (got {tuple(x0.shape)})")
     index = x0.long().expand(*log_p.shape[:-1]).unsqueeze(-1)
     loss = -log_p.gather(-1, index).squeeze(-1).sum(-1)
     weights = posterior.to(log_p.dtype)
