@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from easyhard._validate import ConfigError
 from easyhard.diffusion import DDPMSchedule
 from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
 from easyhard.train import LoopConfig, checkpoint_grid, denoising_loss, load_snapshot, train_loop
@@ -87,7 +90,6 @@ def test_every_option_resumes_exactly_and_an_interrupted_measurement_is_repeated
 def test_a_state_of_another_format_is_refused_in_one_line(tmp_path):
     """A state without the scheduler (the ensemble trainer's earlier format) is refused, not half-loaded."""
     from easyhard._io import load_tensors, save_tensors
-    from easyhard._validate import ConfigError
     from easyhard.train import STATE_FILE
 
     with pytest.raises(_Stop):
@@ -97,3 +99,55 @@ def test_a_state_of_another_format_is_refused_in_one_line(tmp_path):
     save_tensors(tmp_path / STATE_FILE, tensors, meta)
     with pytest.raises(ConfigError, match=r"the state lacks 'scheduler'.*rerun with --restart"):
         _ensemble_run(tmp_path, resume=True)
+
+
+def _sequences_factor(step: int, steps: int, warm: int) -> float:
+    """docs/theory/generalization.md section 8.5: 1 -> 0.5 linearly over ``warm`` steps, then a cosine 0.5 -> 0.1."""
+    if step < warm:
+        return 1 - 0.5 * step / warm
+    return 0.3 + 0.2 * math.cos(math.pi * (step - warm) / (steps - warm))
+
+
+def test_the_sequences_learning_rate_follows_the_closed_form():
+    base = dict(identity={}, steps=100, checkpoints=(100,), lr=1e-3, seed=0)
+    loop = LoopConfig(**base, lr_schedule="sequences", lr_warm=20)
+    assert [loop.lr_factor(s) for s in (0, 10, 20, 60, 100)] == pytest.approx([1.0, 0.75, 0.5, 0.3, 0.1])
+    factors = [loop.lr_factor(s) for s in range(101)]
+    assert factors == pytest.approx([_sequences_factor(s, 100, 20) for s in range(101)], abs=1e-15)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    warmed = LoopConfig(**base, lr_schedule="sequences", lr_warm=20, warmup=4)
+    assert [warmed.lr_factor(s) for s in (0, 3, 30)] == pytest.approx([0.25 * 1.0, 1 - 0.5 * 3 / 20,
+                                                                       _sequences_factor(30, 100, 20)])
+    assert [LoopConfig(**base, warmup=4).lr_factor(s) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]
+    for bad, match in (({"lr_schedule": "cosine"}, "lr_schedule"), ({"lr_schedule": "sequences", "lr_warm": 100},
+                       r"lr_warm must be an integer in \[0, 99\]"), ({"lr_warm": -1}, "lr_warm must be an integer >= 0")):
+        with pytest.raises(ConfigError, match=match):
+            LoopConfig(**base, **bad)
+
+
+def _scheduled_run(out, stop_at=None, resume=False):
+    model = _model()
+    data = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0))
+    loop = LoopConfig(identity={"run": 2}, steps=12, checkpoints=(5, 12), lr=1e-2, seed=3, member_axis=True,
+                      lr_schedule="sequences", lr_warm=4)
+
+    def measure(step, net, ema):
+        if step == stop_at:
+            raise _Stop
+
+    train_loop(model, lambda gen: data[:, torch.randint(0, 6, (4,), generator=gen)], DDPMSchedule(T=20), loop, out,
+               resume, measure)
+    return model, loop
+
+
+def test_the_optimizer_follows_the_schedule_and_resumes_exactly(tmp_path):
+    from easyhard._io import load_tensors
+    from easyhard.train import STATE_FILE
+
+    whole, loop = _scheduled_run(tmp_path / "a")
+    tensors, _ = load_tensors(tmp_path / "a" / STATE_FILE)
+    assert tensors["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2 * _sequences_factor(12, 12, 4))
+    with pytest.raises(_Stop):
+        _scheduled_run(tmp_path / "b", stop_at=12)
+    resumed, _ = _scheduled_run(tmp_path / "b", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))

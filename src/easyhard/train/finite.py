@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from easyhard._io import CorruptedFile, nonfinite_path
-from easyhard._validate import ConfigError
+from easyhard._validate import ConfigError, check_choice, check_int_at_least, check_int_in
 from easyhard.diffusion import DDPMSchedule
 from easyhard.train.divergence import check_loss
 
@@ -55,6 +55,7 @@ STATE_FILE = "state.pt"
 #: what to do with a saved state that cannot be used (the CLI's --restart reaches runs as RunContext.restart)
 RESTART_HINT = "rerun with --restart to discard it and start over"
 _LOG_KEYS = ("checkpoint_steps", "train_loss", "images_per_s")
+LR_SCHEDULES = ("constant", "sequences")
 #: a per-member training loss: loss(model, x0, schedule, generator, member_axis) -> (E,) or a scalar
 Loss = Callable[[nn.Module, Tensor, DDPMSchedule, torch.Generator, bool], Tensor]
 
@@ -120,9 +121,11 @@ class LoopConfig:
     identity: the trainer config as a dict, written into the state and compared on resume.
     checkpoints: increasing steps ending at ``steps``; a leading 0 checkpoints the initial model.
     optimizer "adam" | "adamw" with ``lr``, ``weight_decay`` and ``warmup`` linear warm-up steps; ``fused``
-    selects the fused (CUDA) Adam kernel. grad_clip, ema_decay: None disables them. member_axis: the model
-    is an ensemble (x0 (E, B, ...)). snapshots: also write snapshots and train_log.json. On CUDA: ``bf16``
-    autocast, ``channels_last`` for image batches, ``compile`` (torch.compile).
+    selects the fused (CUDA) Adam kernel. lr_schedule: "constant" after the warm-up, or "sequences" (the
+    learning-rate factor of docs/theory/generalization.md section 8.5, with ``lr_warm`` in [0, steps - 1]
+    steps of linear decay from 1 to 0.5; :meth:`lr_factor`). grad_clip, ema_decay: None disables them.
+    member_axis: the model is an ensemble (x0 (E, B, ...)). snapshots: also write snapshots and
+    train_log.json. On CUDA: ``bf16`` autocast, ``channels_last`` for image batches, ``compile`` (torch.compile).
     """
 
     identity: dict
@@ -142,6 +145,30 @@ class LoopConfig:
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
+    lr_schedule: str = "constant"
+    lr_warm: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_schedule == "sequences":
+            object.__setattr__(self, "lr_warm", check_int_in("lr_warm", self.lr_warm, 0, self.steps - 1))
+        else:
+            object.__setattr__(self, "lr_warm", check_int_at_least("lr_warm", self.lr_warm, 0))
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) is ``lr * lr_factor(step)``: the warm-up
+        min(1, (step + 1) / warmup) (1 without warm-up), for lr_schedule "sequences" times
+
+            1 - 0.5 step / lr_warm                                              for step < lr_warm,
+            0.1 + 0.2 (1 + cos(pi (step - lr_warm) / (steps - lr_warm)))        for step >= lr_warm
+
+        (1 -> 0.5 linearly, then a cosine from 0.5 to 0.1 at ``steps``; docs/theory/generalization.md section 8.5)."""
+        warm = min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else 1.0
+        if self.lr_schedule == "constant":
+            return warm
+        if step < self.lr_warm:
+            return warm * (1 - 0.5 * step / self.lr_warm)
+        return warm * (0.1 + 0.2 * (1 + math.cos(math.pi * (step - self.lr_warm) / (self.steps - self.lr_warm))))
 
 
 @dataclass
@@ -235,8 +262,9 @@ def _check_like(path: Path, name: str, saved: object, live: object) -> None:
             _check_like(path, f"{name}[{i}]", a, b)
 
 
-def _check_optimizer(path: Path, saved: dict, live: dict, params: list[Tensor], step: int, warmup: int) -> None:
-    """Adam/AdamW state: the live param groups (hyperparameters equal, the learning rate the warm-up's at
+def _check_optimizer(path: Path, saved: dict, live: dict, params: list[Tensor], step: int,
+                     lr_factor: Callable[[int], float]) -> None:
+    """Adam/AdamW state: the live param groups (hyperparameters equal, the learning rate ``lr_factor``'s at
     ``step``), and per parameter an update count in [1, ``step``] with finite moments of the parameter's dtype
     and shape, the second moments >= 0."""
     if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
@@ -248,7 +276,7 @@ def _check_optimizer(path: Path, saved: dict, live: dict, params: list[Tensor], 
             raise _unusable(path, f"optimizer.param_groups[{g}] holds other settings")
         if any(not _same_value(group[k], ref[k]) for k in ref if k != "lr"):
             raise _unusable(path, f"optimizer.param_groups[{g}] holds other settings")
-        if not _same_value(group["lr"], ref["initial_lr"] * _lr_lambda(warmup)(step)):
+        if not _same_value(group["lr"], ref["initial_lr"] * lr_factor(step)):
             raise _unusable(path, f"optimizer.param_groups[{g}].lr is not the learning rate of step {step}")
     state = saved["state"]
     if not isinstance(state, dict) or not set(state) <= set(range(len(params))):
@@ -266,9 +294,11 @@ def _check_optimizer(path: Path, saved: dict, live: dict, params: list[Tensor], 
             raise _unusable(path, f"optimizer.state[{index}] holds a negative second moment")
 
 
-def check_tensors(path: Path, tensors: dict, step: int, live: dict, params: list[Tensor], warmup: int) -> None:
+def check_tensors(path: Path, tensors: dict, step: int, live: dict, params: list[Tensor],
+                  lr_factor: Callable[[int], float]) -> None:
     """``tensors`` of a saved state at ``step`` can replace the ``live`` state ({"model", ["ema",] "optimizer",
-    "scheduler", "generator"}, ``params`` the optimizer's parameters in order, ``warmup`` its warm-up): the same
+    "scheduler", "generator"}, ``params`` the optimizer's parameters in order, ``lr_factor`` its learning-rate
+    factor per step, :meth:`LoopConfig.lr_factor`): the same
     keys, every tensor of the live dtype and shape and finite (:func:`_check_like`), the optimizer's state that of
     ``step`` Adam steps and the scheduler at ``step``. Raises :class:`~easyhard._io.CorruptedFile` naming
     ``path`` otherwise; nothing is loaded here."""
@@ -276,7 +306,7 @@ def check_tensors(path: Path, tensors: dict, step: int, live: dict, params: list
     for key in ("model", "ema", "generator"):
         if key in live:
             _check_like(path, key, tensors[key], live[key])
-    _check_optimizer(path, tensors["optimizer"], live["optimizer"], params, step, warmup)
+    _check_optimizer(path, tensors["optimizer"], live["optimizer"], params, step, lr_factor)
     scheduler, ref = tensors["scheduler"], live["scheduler"]
     if not isinstance(scheduler, dict) or set(scheduler) != set(ref) or not _same_value(scheduler["last_epoch"], step):
         raise _unusable(path, f"scheduler is not a warm-up schedule at step {step}")
@@ -302,8 +332,9 @@ def _make_optimizer(model: nn.Module, loop: LoopConfig) -> torch.optim.Optimizer
     return cls(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay, **fused)
 
 
-def _lr_lambda(warmup: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def _lr_lambda(loop: LoopConfig) -> Callable[[int], float]:
+    """:meth:`LoopConfig.lr_factor` as a plain function (LambdaLR saves no state for those)."""
+    return lambda step: loop.lr_factor(step)
 
 
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -320,7 +351,7 @@ def _fresh_state(model: nn.Module, loop: LoopConfig) -> tuple[nn.Module | None, 
     """(EMA copy or None, optimizer, warm-up scheduler, generator) of a run of ``model`` that starts now."""
     ema = copy.deepcopy(model).requires_grad_(False) if loop.ema_decay is not None else None
     opt = _make_optimizer(model, loop)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(loop.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(loop))
     return ema, opt, sched, torch.Generator(torch.device(loop.device)).manual_seed(loop.seed)
 
 
@@ -338,7 +369,7 @@ def check_state(state_path: Path, model: nn.Module, loop: LoopConfig) -> int:
     tensors, meta = read_state(Path(state_path), loop.identity, True, loop.steps)
     ema, opt, sched, gen = _fresh_state(model, loop)
     check_tensors(Path(state_path), tensors, meta["step"], _state_dicts(model, ema, opt, sched, gen),
-                  list(model.parameters()), loop.warmup)
+                  list(model.parameters()), loop.lr_factor)
     return meta["step"]
 
 
@@ -368,7 +399,7 @@ def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], sche
     if state is not None:
         tensors, meta = state
         check_tensors(state_path, tensors, meta["step"], _state_dicts(model, ema, opt, sched, gen),
-                      list(model.parameters()), loop.warmup)
+                      list(model.parameters()), loop.lr_factor)
         try:
             model.load_state_dict(tensors["model"])
             if ema is not None:
