@@ -19,22 +19,24 @@ from easyhard.experiments.memorization import (
 from easyhard.metrics import (
     denoiser_distance, denoiser_similarity, empirical_distance_per_level, eps_loss_per_level, fixed_noise,
     kl_to_density, mean_log_likelihood, memorization_fraction, nearest_neighbours, paired_similarity, split_similarity)
+from easyhard.metrics.ordering import phase_ordering
 from easyhard.models.ensemble import EnsembleConfig, EnsembleMLP
 from easyhard.oracles.empirical import empirical_denoiser
 from easyhard.train.ensemble import EnsembleTrainConfig
 
 
 def _records(config: MemorizationConfig, steps: list[int], onset: dict[int, int], peak: dict[int, int],
-             loss_min: dict[int, int]) -> list[dict]:
+             loss_min: dict[int, int], loss_noise: float = 0.0) -> list[dict]:
     """Records with known answers: member copies jump to 20% at step onset[n]; the cross-split similarity peaks at
-    checkpoint peak[n] (0.9, floor 0.1); the test loss is a V with its minimum at checkpoint loss_min[n]; the KL
-    reaches its best at checkpoint 3 + (position of n in ns)."""
-    S, N, K, L = config.seeds, len(config.ns), config.splits, config.loss_levels
+    checkpoint peak[n] (0.9, floor 0.1); the test loss is a V with its minimum at checkpoint loss_min[n] (per block
+    of test inputs plus N(0, loss_noise^2)); the KL reaches its best at checkpoint 3 + (position of n in ns)."""
+    rng = np.random.default_rng(0)
+    S, N, K, L, G = config.seeds, len(config.ns), config.splits, config.loss_levels, config.unit_blocks
     P = K * (K - 1) // 2
     records = []
     for c, step in enumerate(steps):
         copies = np.zeros((S, N, K, len(config.thresholds)), dtype=int)
-        sim = np.zeros((S, N, P))
+        sim = np.zeros((S, N, P, G))
         loss = np.zeros((S, N, K, L))
         for j, n in enumerate(config.ns):
             copies[:, j] = int(0.2 * config.mem_samples) if step >= onset[n] else 0
@@ -43,6 +45,8 @@ def _records(config: MemorizationConfig, steps: list[int], onset: dict[int, int]
         E = S * N * K
         records.append({"step": step, "copies": copies.reshape(E, -1).tolist(), "similarity": sim.tolist(),
                         "floor": np.full(E, 0.1).tolist(), "test_loss": loss.reshape(E, L).tolist(),
+                        "test_loss_blocks": (np.repeat(loss[..., :1], G, -1).reshape(E, G)
+                                             + loss_noise * rng.standard_normal((E, G))).tolist(),
                         "train_loss": (0.9 * loss).reshape(E, L).tolist(), "emp_distance": np.ones((E, L)).tolist(),
                         "nn_distance": np.ones(E).tolist(), "delta_nn": np.zeros((S, N)).tolist(),
                         "score_train": np.ones((S, N)).tolist(), "score_test": np.ones((S, N)).tolist(),
@@ -69,6 +73,34 @@ def test_analysis_recovers_constructed_timescales_and_ordering():
     assert checks["tau_mem_slope"]["passed"] and checks["tau_mem_increasing"]["passed"]
     assert checks["split_peak_before_loss_min"]["passed"] and checks["window_widens"]["passed"]
     np.testing.assert_allclose(checks["split_peak_above_floor"]["value"], [[0.8, 0.8]] * 3)
+
+
+def test_ordering_checks_are_the_phase_ordering_of_the_unit_curves():
+    """The markers, gaps and errors are phase_ordering's on the recorded units (pairs x sample blocks, models x input
+    blocks); a loss valley shallower than its bootstrap error fails the loss criterion but not the lead."""
+    config = dataclasses.replace(SMOKE, ns=(16, 32, 64), seeds=2, splits=3)
+    steps = [10 * 2**k for k in range(12)]
+    onset, peak = {16: 160, 32: 320, 64: 640}, {16: 3, 32: 3, 64: 4}
+    records = _records(config, steps, onset, peak, loss_min={16: 4, 32: 6, 64: 8}, loss_noise=0.002)
+    result = analyse(config, records)
+    S, N, K = config.seeds, len(config.ns), config.splits
+    loss = np.moveaxis(np.array([r["test_loss_blocks"] for r in records]), 0, -1).reshape(S, N, K, config.unit_blocks, -1)
+    similarity = np.moveaxis(np.array([r["similarity"] for r in records]), 0, -1)
+    for s in range(S):
+        for j in range(N):
+            curve = loss[s, j].mean((0, 1))
+            eligible = (curve[0] - curve) / (curve[0] - curve.min()) >= config.peak_fraction
+            expected = phase_ordering(np.array(steps), similarity[s, j], loss[s, j], True, eligible=eligible,
+                                      seed=[config.data_seed, s, j])
+            assert result["ordering"][s][j] == expected.to_dict()
+            assert expected.late.position == {0: 4, 1: 6, 2: 8}[j] and expected.early.position == peak[config.ns[j]]
+    checks = result["checks"]
+    assert all(checks[k]["passed"] for k in ("split_peak_before_loss_min", "similarity_falls_after_peak",
+                                             "loss_above_min_at_peak"))
+    assert checks["split_peak_before_loss_min"]["value"][0][1][0] == 4
+    shallow = analyse(config, _records(config, steps, onset, peak, loss_min={16: 4, 32: 6, 64: 8}, loss_noise=0.2))
+    gaps = np.array(shallow["checks"]["loss_above_min_at_peak"]["value"])  # (seeds, 2, (gap, SE))
+    assert not shallow["checks"]["loss_above_min_at_peak"]["passed"] and (gaps[..., 0] < 3 * gaps[..., 1]).any()
 
 
 def test_peak_is_searched_only_after_the_loss_has_dropped():
@@ -141,7 +173,7 @@ def test_evaluate_equals_the_library_metrics_applied_by_hand():
     on the same samples."""
     config = dataclasses.replace(SMOKE, ns=(4, 8), fit_min_n=4, seeds=1, splits=3, n_test=120, loss_levels=3,
                                  loss_test=24, loss_train=12, mem_samples=40, split_samples=20, score_inputs=10,
-                                 thresholds=(1 / 3, 1 / 2, 0.9))
+                                 thresholds=(1 / 3, 1 / 2, 0.9), unit_blocks=4)
     schedule = DDPMSchedule(T=config.T)
     problem = make_problem(config)
     probe = make_probe(config, problem, schedule)
@@ -168,12 +200,18 @@ def test_evaluate_equals_the_library_metrics_applied_by_hand():
     stacked = lambda x_t, i: eps(x_t.reshape(E, config.loss_train, d), i).reshape(-1, d)  # noqa: E731
     np.testing.assert_allclose(out["train_loss"].mean(0), eps_loss_per_level(
         stacked, own.reshape(-1, d), schedule, levels, 12), rtol=1e-5)
+    per_input = np.zeros((E, config.loss_test))  # eps-loss of each test input, averaged over the levels
     for j, i in enumerate(levels):  # the exact denoiser of the data law as the reference
         a, s = schedule.coefficients(i)
-        x_t = a * test0.double() + s * fixed_noise(config.loss_test, d, i, 11)
-        model_x0 = (x_t - s * eps(x_t.float().expand(E, -1, -1), i).double()) / a
+        noise = fixed_noise(config.loss_test, d, i, 11)
+        x_t = a * test0.double() + s * noise
+        eps_hat = eps(x_t.float().expand(E, -1, -1), i).double()
+        per_input += ((eps_hat - noise) ** 2).mean(-1).numpy() / len(levels)
+        model_x0 = (x_t - s * eps_hat) / a
         np.testing.assert_allclose(out["exact_distance"][:, j], denoiser_distance(
             model_x0, problem.law.posterior_mean(x_t, a, s)), rtol=1e-3)
+    # the bootstrap units of the test loss: consecutive blocks of test inputs
+    np.testing.assert_allclose(out["test_loss_blocks"], per_input.reshape(E, config.unit_blocks, -1).mean(-1), rtol=1e-5)
     # DDIM samples: copies, nearest distance, KL and log-likelihood
     mem = sample(eps, schedule, (E, config.mem_samples, d), method="ddim", steps=config.mem_steps, heun=False,
                  clip_x0=None, noise=probe.mem_noise)
@@ -197,8 +235,9 @@ def test_evaluate_equals_the_library_metrics_applied_by_hand():
         ids = [config.member(0, n_pos, k) for k in range(K)]
         pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
         ordered = [(i, j) for i in range(K) for j in range(K) if i != j]
-        np.testing.assert_allclose(out["similarity"][0, n_pos], [
-            float(paired_similarity(coupled[ids[i]], coupled[ids[j]]).mean()) for i, j in pairs], rtol=1e-6)
+        np.testing.assert_allclose(out["similarity"][0, n_pos], [  # per pair, per block of samples
+            paired_similarity(coupled[ids[i]], coupled[ids[j]]).reshape(config.unit_blocks, -1).mean(-1).tolist()
+            for i, j in pairs], rtol=1e-6)
         gaps = [split_similarity(coupled[ids[i]], split(ids[i]), split(ids[j]))["gap"] for i, j in ordered]
         assert out["delta_nn"][0, n_pos] == pytest.approx(np.mean(gaps), rel=1e-6, abs=1e-7)
         on = lambda x: eps(x.expand(E, -1, -1), config.score_index)  # noqa: E731

@@ -25,7 +25,7 @@ from easyhard.train.ensemble import EnsembleTrainConfig
 
 TINY = dataclasses.replace(SMOKE, ns=(4, 8), fit_min_n=4, seeds=1, splits=2, n_test=64, d=4, components=2, width=8,
                            depth=2, time_dim=4, T=50, loss_levels=2, loss_test=8, loss_train=4, mem_samples=8,
-                           mem_steps=3, split_samples=8, split_steps=3, score_index=10, score_inputs=4,
+                           mem_steps=3, split_samples=8, split_steps=3, score_index=10, score_inputs=4, unit_blocks=4,
                            train=EnsembleTrainConfig(steps=12, batch_size=8, checkpoints=4, first=2))
 CONFIG_JSON = json.loads(json.dumps(TINY.to_dict()))
 

@@ -44,20 +44,23 @@ import torch
 from torch import Tensor
 
 from easyhard._io import CorruptedFile, atomic_write_json, json_sha256, read_checked_json, write_checked_json
-from easyhard._validate import (ConfigError, check_choice, check_device, check_int_at_least, check_positive,
-                                check_schedule_length, check_seed, check_workers)
+from easyhard._validate import (ConfigError, check_choice, check_device, check_int_at_least, check_nonnegative,
+                                check_positive, check_schedule_length, check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.diffusion.samplers import SamplerNoise, sample
 from easyhard.metrics import (
     bootstrap_replicates, bootstrap_scaling, copies_from_distances, denoiser_distance, denoiser_similarity, eps_loss,
-    extremum_step, first_crossing, first_near_best, fixed_noise, kl_to_density, km_median, knn_divergence,
+    first_crossing, first_near_best, fixed_noise, kl_to_density, km_median, knn_divergence,
     log_slope, mean_log_likelihood, nearest_neighbours, nearest_similarity, paired_similarity, percentile_interval)
+from easyhard.metrics.ordering import phase_ordering
+from easyhard.models.ensemble import INITS, MAX_OUTPUT_SCALE, TIME_INPUTS
 from easyhard.train.divergence import DivergenceError
 from easyhard.train.ensemble import EnsembleTrainConfig, Splits
 from easyhard.train.finite import RESTART_HINT, STATE_FILE
 
 DATA = ("mixture", "patches", "cifar10")
+STANDARDIZE = ("affine", "scalar")
 RECORDS_FILE = "records.json"
 
 
@@ -66,7 +69,7 @@ class MemorizationConfig:
     """Settings of ``reproduce memorization``; defaults: the CPU demonstration of docs/theory/generalization.md (section 11).
 
     Data: ``data`` "mixture" (Gaussian mixture in dimension d with ``components`` equal-weight components,
-    power-law spectra, standardised), "patches" (embedded image patches, flattened) or "cifar10" (from
+    power-law spectra, standardised by :func:`mixture_law`), "patches" (embedded image patches, flattened) or "cifar10" (from
     ``data_dir``). ns: training-set sizes; splits: K disjoint splits per n; seeds: independent repetitions.
     Model: ensemble MLP (width, depth, time_dim). Training: ``train``. Evaluation: see the module docstring.
 
@@ -81,6 +84,7 @@ class MemorizationConfig:
     components: int = 8
     spectrum_power: float = 1.0
     mean_variance: float = 0.25
+    standardize: str = "affine"
     data_seed: int = 0
     patch_size: int = 8
     ns: tuple[int, ...] = (16, 32, 64, 128)
@@ -92,6 +96,9 @@ class MemorizationConfig:
     depth: int = 3
     time_dim: int = 32
     time_scale: float = 1.0
+    time_input: str = "first"
+    init: str = "torch"
+    output_scale: float = 1.0
     train: EnsembleTrainConfig = field(default_factory=EnsembleTrainConfig)
     T: int = 1000
     loss_levels: int = 20
@@ -107,12 +114,15 @@ class MemorizationConfig:
     score_index: int = 100
     score_inputs: int = 256
     peak_fraction: float = 0.75
+    unit_blocks: int = 16
+    ordering_z: float = 3.0
     gen_tolerance: float = 0.1
     device: str = "cpu"
     threads: int = 2
 
     def __post_init__(self) -> None:
         check_choice("data", self.data, DATA)
+        check_choice("standardize", self.standardize, STANDARDIZE)
         if self.data == "cifar10" and self.data_dir is None:
             raise ConfigError("data cifar10 needs --data-dir (the CIFAR-10 Python batches)")
         for name in ("d", "components", "splits", "seeds", "n_test", "width", "depth", "T", "loss_levels",
@@ -133,6 +143,11 @@ class MemorizationConfig:
         if not 0 <= self.score_index < self.T:
             raise ConfigError(f"score_index must lie in [0, {self.T - 1}] (got {self.score_index})")
         check_positive("gen_tolerance", self.gen_tolerance)
+        check_int_at_least("unit_blocks", self.unit_blocks, 1)
+        for name in ("loss_test", "split_samples"):
+            if getattr(self, name) % self.unit_blocks:
+                raise ConfigError(f"unit_blocks must divide {name} = {getattr(self, name)} (got {self.unit_blocks})")
+        check_nonnegative("ordering_z", self.ordering_z)
         check_int_at_least("fit_min_n", self.fit_min_n, 2)
         check_schedule_length("T", self.T)
         check_workers("threads", self.threads)
@@ -145,6 +160,10 @@ class MemorizationConfig:
                 raise ConfigError(f"{name} must be <= {high:g} (got {getattr(self, name):g})")
         check_seed("data_seed", self.data_seed)
         check_positive("time_scale", self.time_scale)
+        check_choice("time_input", self.time_input, TIME_INPUTS)
+        check_choice("init", self.init, INITS)
+        if check_positive("output_scale", self.output_scale) > MAX_OUTPUT_SCALE:
+            raise ConfigError(f"output_scale must lie in (0, {MAX_OUTPUT_SCALE:g}] (got {self.output_scale:g})")
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", EnsembleTrainConfig(**self.train))
 
@@ -207,14 +226,25 @@ def _image_pool(config: MemorizationConfig) -> tuple[Tensor, Tensor]:
     return train.reshape(len(train), -1).float(), test.reshape(len(test), -1).float()
 
 
+def mixture_law(config: MemorizationConfig):
+    """The Gaussian mixture of the config (:func:`~easyhard.data.mixture.random_mixture`), standardised:
+    ``standardize="affine"``, x -> Sigma^(-1/2) (x - m) (mean 0, covariance I); "scalar", x -> (x - m) / sigma with
+    sigma^2 = tr(Sigma) / d (mean 0, mean per-coordinate variance 1; the shape of the law is kept)."""
+    from easyhard.data.mixture import random_mixture
+
+    law = random_mixture(config.d, config.components, config.spectrum_power, config.mean_variance,
+                         seed=config.data_seed, standardize=config.standardize == "affine")
+    if config.standardize == "affine":
+        return law
+    sigma = float(torch.trace(law.covariance()) / config.d) ** 0.5
+    return law.affine(torch.eye(config.d, dtype=torch.float64) / sigma, -law.mean() / sigma)
+
+
 def make_problem(config: MemorizationConfig) -> Problem:
     """Draw every split (disjoint within and across seeds) and the test set."""
     need = config.seeds * config.splits * sum(config.ns)
     if config.data == "mixture":
-        from easyhard.data.mixture import random_mixture
-
-        law = random_mixture(config.d, config.components, config.spectrum_power, config.mean_variance,
-                             seed=config.data_seed)
+        law = mixture_law(config)
         gen = torch.Generator().manual_seed(config.data_seed + 1)
         pool = law.sample(need, gen).float()
         test = law.sample(config.n_test, gen).float()
@@ -340,6 +370,14 @@ def _by_level(x: Tensor, levels: int) -> Tensor:
     return x.reshape(*x.shape[:-2], levels, -1, x.shape[-1])
 
 
+def _input_blocks(x: Tensor, levels: int, blocks: int) -> Tensor:
+    """(..., L*n, d) in the probe's level-major layout -> (..., G, L*n/G, d): block g holds the test inputs
+    g n/G .. (g + 1) n/G - 1 at every level (the bootstrap units of the test loss)."""
+    by_level = _by_level(x, levels)  # (..., L, n, d)
+    split = by_level.reshape(*by_level.shape[:-2], blocks, -1, by_level.shape[-1])  # (..., L, G, n/G, d)
+    return split.transpose(-4, -3).reshape(*by_level.shape[:-3], blocks, -1, by_level.shape[-1])
+
+
 def _copies(samples: Tensor, splits: Splits, thresholds: tuple[float, ...]) -> tuple[Tensor, Tensor]:
     """Copies per member and threshold (E, len(thresholds)) and the median nearest-neighbour distance (E,) of
     samples (E, M, d) to each member's own split (exact distances, :func:`~easyhard.metrics.nearest_neighbours`
@@ -369,8 +407,10 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     # losses per level and distances to the reference denoisers
     test_x = probe.test_x.expand(E, -1, -1)
     eps_test = eps(test_x, probe.test_i)
+    G = config.unit_blocks
     out = {"test_loss": eps_loss(_by_level(eps_test, L), _by_level(probe.test_eps, L)),
-           "train_loss": eps_loss(_by_level(eps(probe.train_x, probe.train_i), L), _by_level(probe.train_eps, L))}
+           "train_loss": eps_loss(_by_level(eps(probe.train_x, probe.train_i), L), _by_level(probe.train_eps, L)),
+           "test_loss_blocks": eps_loss(_input_blocks(eps_test, L, G), _input_blocks(probe.test_eps, L, G))}
     a, s = (c.float()[:, None] for c in schedule.coefficients(probe.test_i))
     model_x0 = _by_level((test_x - s * eps_test) / a, L)
     out["emp_distance"] = denoiser_distance(model_x0, _by_level(probe.emp_x0, L))
@@ -406,7 +446,8 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
     similarity, delta_nn, s_train, s_test = [], [], [], []
     for ids in groups:
         first, second = [ids[i] for i, _ in pairs], [ids[j] for _, j in pairs]
-        similarity.append(paired_similarity(coupled[first], coupled[second], ensemble=True).mean(-1).tolist())
+        pair_samples = paired_similarity(coupled[first], coupled[second], ensemble=True)  # (P, split_samples)
+        similarity.append(pair_samples.reshape(len(pairs), G, -1).mean(-1).tolist())  # blocks of samples
         # nn[i, j]: similarity of model i's samples to their nearest point of split j (all K^2 searches at once);
         # the gap of split_similarity for (samples of i, own split i, other split j) is mean(nn[i, i] - nn[i, j])
         models, references = zip(*itertools.product(ids, repeat=2))
@@ -418,7 +459,7 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
         on_train = denoiser_similarity(eps_train[a_ids, a_pos], eps_train[b_ids, a_pos], ensemble=True)
         s_train.append(float(on_train.mean()))
         s_test.append(float(denoiser_similarity(eps_score_test[a_ids], eps_score_test[b_ids], ensemble=True).mean()))
-    out["similarity"] = torch.tensor(similarity).reshape(config.seeds, len(config.ns), len(pairs))
+    out["similarity"] = torch.tensor(similarity).reshape(config.seeds, len(config.ns), len(pairs), G)
     out["delta_nn"] = torch.tensor(delta_nn).reshape(config.seeds, len(config.ns))
     out["score_train"] = torch.tensor(s_train).reshape(config.seeds, len(config.ns))
     out["score_test"] = torch.tensor(s_test).reshape(config.seeds, len(config.ns))
@@ -431,9 +472,10 @@ RECORDS_KIND = "memorization-records"
 
 def _record_shapes(config: MemorizationConfig) -> dict[str, tuple[int, ...]]:
     """The measurements of one record (:func:`evaluate`) and their shapes: the schema of records.json."""
-    E, S, N, K, L = config.members, config.seeds, len(config.ns), config.splits, config.loss_levels
-    shapes = {"test_loss": (E, L), "train_loss": (E, L), "emp_distance": (E, L), "copies": (E, len(config.thresholds)),
-              "nn_distance": (E,), "kl": (E,), "floor": (E,), "similarity": (S, N, K * (K - 1) // 2),
+    E, S, N, K, L, G = config.members, config.seeds, len(config.ns), config.splits, config.loss_levels, config.unit_blocks
+    shapes = {"test_loss": (E, L), "test_loss_blocks": (E, G), "train_loss": (E, L), "emp_distance": (E, L),
+              "copies": (E, len(config.thresholds)), "nn_distance": (E,), "kl": (E,), "floor": (E,),
+              "similarity": (S, N, K * (K - 1) // 2, G),
               "delta_nn": (S, N), "score_train": (S, N), "score_test": (S, N)}
     if config.data == "mixture":
         shapes.update(exact_distance=(E, L), log_likelihood=(E,))
@@ -568,7 +610,8 @@ def _train_and_analyse(config: MemorizationConfig, out_dir: str | Path,
     problem = make_problem(config)
     device = torch.device(config.device)
     model = EnsembleMLP(EnsembleConfig(config.members, problem.test.shape[1], config.width, config.depth,
-                                       config.time_dim, time_scale=config.time_scale),
+                                       config.time_dim, time_scale=config.time_scale, time_input=config.time_input,
+                                       init=config.init, output_scale=config.output_scale),
                         torch.Generator().manual_seed(config.train.seed + 1))
     records: list[dict] = []
     done = 0
@@ -642,14 +685,18 @@ def analyse(config: MemorizationConfig, records: list[dict]) -> dict:
         except ConfigError as err:
             fits[str(k)] = {"error": str(err)}
     tau_main = per_n(tau_mem[config.threshold])  # (S, N, K)
-    # test loss, cross-split similarity and the extrema per seed and n
-    test_loss = per_n(arr["test_loss"].mean(-1).T)  # (S, N, K, C)
-    loss = np.median(test_loss, axis=2)  # (S, N, C)
-    similarity = np.moveaxis(np.median(arr["similarity"], axis=-1), 0, -1)  # (S, N, C)
+    # test loss and cross-split similarity per bootstrap unit, their unit means, and the phase ordering per seed and n
+    loss_units = per_n(np.moveaxis(arr["test_loss_blocks"], 0, -1))  # (S, N, K models, G input blocks, C)
+    similarity_units = np.moveaxis(arr["similarity"], 0, -1)  # (S, N, P pairs, G sample blocks, C)
+    loss, similarity = loss_units.mean((2, 3)), similarity_units.mean((2, 3))  # (S, N, C)
     floor = np.median(per_n(arr["floor"].T), axis=2)  # (S, N, C)
     drop = (loss[..., :1] - loss) / np.maximum(loss[..., :1] - loss.min(-1, keepdims=True), 1e-30)
-    loss_pos, tau_loss = extremum_step(steps, loss)
-    split_pos, tau_split = extremum_step(steps, similarity, maximum=True, eligible=drop >= config.peak_fraction)
+    orderings = [[phase_ordering(steps, similarity_units[s, j], loss_units[s, j], early_maximum=True,
+                                 z=config.ordering_z, eligible=drop[s, j] >= config.peak_fraction,
+                                 seed=[config.data_seed, s, j]) for j in range(N)] for s in range(S)]
+    split_pos = np.array([[o.early.position for o in row] for row in orderings])  # (S, N)
+    loss_pos = np.array([[o.late.position for o in row] for row in orderings])
+    tau_split, tau_loss = steps[split_pos], steps[loss_pos]
     peak = np.take_along_axis(similarity, split_pos[..., None], -1)[..., 0]
     peak_floor = np.take_along_axis(floor, split_pos[..., None], -1)[..., 0]
     lead = loss_pos - split_pos
@@ -664,6 +711,7 @@ def analyse(config: MemorizationConfig, records: list[dict]) -> dict:
         "fits": fits,
         "test_loss": loss.tolist(), "similarity": similarity.tolist(), "floor": floor.tolist(),
         "tau_loss": tau_loss.tolist(), "tau_split": tau_split.tolist(), "lead_checkpoints": lead.tolist(),
+        "ordering": [[o.to_dict() for o in row] for row in orderings],
         "peak": peak.tolist(), "peak_floor": peak_floor.tolist(), "slopes": slopes,
         "window_slope": window, "window_slope_interval": window_ci,
         "loss_gap": np.median(per_n(np.moveaxis(arr["test_loss"] - arr["train_loss"], 0, -1)), 2).tolist(),
@@ -694,7 +742,9 @@ def _checks(config: MemorizationConfig, result: dict, tau_main: np.ndarray, fit_
     others = [result["fits"][str(k)].get("kappa") for k in config.thresholds if k != config.threshold]
     spread = max(abs(o - fit["kappa"]) for o in others) if "kappa" in fit and None not in others else float("inf")
     top = fit_pos[-2:]
-    lead = np.array(result["lead_checkpoints"])[:, top]
+    z = config.ordering_z
+    ordering = [[row[j] for j in top] for row in result["ordering"]]  # (seeds, 2)
+    flat = [o for row in ordering for o in row]
     height = (np.array(result["peak"]) - np.array(result["peak_floor"]))[:, top]
     checks = {
         "tau_mem_finite": (finite, ">= 0.75 of replicates at every fitted n", min(finite) >= 0.75),
@@ -704,8 +754,16 @@ def _checks(config: MemorizationConfig, result: dict, tau_main: np.ndarray, fit_
                           "slope in [0.8, 1.8] and interval lower bound > 0.5",
                           "kappa" in fit and 0.8 <= fit["kappa"] <= 1.8 and fit["interval"][0] > 0.5),
         "slope_robust_to_threshold": (spread, "abs(slope(k) - slope(1/3)) <= 0.3 for k = 1/4, 1/2", spread <= 0.3),
-        "split_peak_before_loss_min": (lead.tolist(), ">= 2 checkpoints for the two largest n in every seed",
-                                       bool((lead >= 2).all())),
+        "split_peak_before_loss_min": ([[[o["lead"], *o["lead_interval"]] for o in row] for row in ordering],
+                                       "tau_split before tau_loss (lead [95% interval] in checkpoints) for the two "
+                                       "largest n in every seed", all(o["lead"] >= 1 for o in flat)),
+        "similarity_falls_after_peak": ([[[o["early_gap"], o["early_se"]] for o in row] for row in ordering],
+                                        f"similarity at tau_loss below its peak by > {z:g} bootstrap SE (gap, SE) for "
+                                        "the two largest n in every seed",
+                                        all(o["early_gap"] > z * o["early_se"] for o in flat)),
+        "loss_above_min_at_peak": ([[[o["late_gap"], o["late_se"]] for o in row] for row in ordering],
+                                   f"test loss at tau_split above its minimum by > {z:g} bootstrap SE (gap, SE) for "
+                                   "the two largest n in every seed", all(o["late_gap"] > z * o["late_se"] for o in flat)),
         "split_peak_above_floor": (height.tolist(), ">= 0.5 above the independent-noise floor",
                                    bool((height >= 0.5).all())),
         "window_widens": ([result["window_slope"], *result["window_slope_interval"]],
@@ -741,10 +799,22 @@ def report_memorization(results: dict, out: Path) -> tuple[list[str], str]:
     return list(figures.values()), render_memorization(results, figures)
 
 
+def _z_text(z: float | None) -> str:
+    return "inf" if z is None else f"{z:.1f}"
+
+
 def summarize_memorization(results: dict) -> list[str]:
-    """Each check, the tau_mem power law and whether all checks pass."""
+    """Each check, the phase ordering of the two largest fitted n per seed, the tau_mem power law and whether all
+    checks pass."""
     lines = [f"{name}: {'pass' if check['passed'] else 'FAIL'} ({check['criterion']})"
              for name, check in results["checks"].items()]
+    for s, row in enumerate(results["ordering"]):
+        for n in results["fit_ns"][-2:]:
+            o = row[results["ns"].index(n)]
+            lines.append(f"seed {s}, n = {n}: lead {o['lead']} [{o['lead_interval'][0]}, {o['lead_interval'][1]}] "
+                         f"checkpoints (tau_split {o['early']['step']}, tau_loss {o['late']['step']}); similarity drop "
+                         f"{o['early_gap']:.4f} (z {_z_text(o['early_z'])}), loss excess {o['late_gap']:.4f} "
+                         f"(z {_z_text(o['late_z'])})")
     fit = results["fits"][str(results["config"]["threshold"])]
     if "kappa" in fit:
         lines.append("tau_mem ~ n^{:.2f} [{:.2f}, {:.2f}]".format(fit["kappa"], *fit["interval"]))

@@ -209,14 +209,15 @@ def _difference(curves: np.ndarray, boots: np.ndarray, at: int, ref: int) -> tup
 
 def phase_ordering(steps: np.ndarray, early_curves: np.ndarray, late_curves: np.ndarray, early_maximum: bool,
                    late_maximum: bool = False, z: float = 3.0, eligible: np.ndarray | None = None,
-                   n_boot: int = 1000, seed: int = 0) -> PhaseOrdering:
+                   n_boot: int = 1000, seed: Seed = 0) -> PhaseOrdering:
     """Whether the extremum of ``early_curves`` precedes that of ``late_curves``, decided by the curves (module
     docstring).
 
     steps (C,); early_curves and late_curves (U, C) or (U, V, C), each with its own units; early_maximum /
     late_maximum: whether each marker is a maximum (e.g. a similarity) or a minimum (a loss, a divergence);
     ``eligible`` (C,) restricts the early marker's search. The two statistics are resampled independently
-    (seeds [seed, 0] and [seed, 1]); each gap's error is the paired bootstrap on its own statistic's replicates.
+    (seeds [*seed, 0] and [*seed, 1], an int seed taken as [seed]); each gap's error is the paired bootstrap on
+    its own statistic's replicates.
     """
     steps = _steps(steps)
     C = len(steps)
@@ -224,8 +225,9 @@ def phase_ordering(steps: np.ndarray, early_curves: np.ndarray, late_curves: np.
     late_curves = _units("late_curves", late_curves, C)
     eligible = _eligible(eligible, C)
     z = check_nonnegative("z", z)
-    early_boots = _replicate_means(early_curves, n_boot, [seed, 0])
-    late_boots = _replicate_means(late_curves, n_boot, [seed, 1])
+    base = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    early_boots = _replicate_means(early_curves, n_boot, [*base, 0])
+    late_boots = _replicate_means(late_curves, n_boot, [*base, 1])
     early, early_positions = _marker(steps, early_curves, early_boots, early_maximum, eligible)
     late, late_positions = _marker(steps, late_curves, late_boots, late_maximum, np.ones(C, dtype=bool))
     # "worse" is lower for a maximum, higher for a minimum

@@ -63,7 +63,8 @@ def plot_timescales(results: dict, path: Path) -> Path:
 
 def plot_split(results: dict, path: Path) -> Path:
     """Per n: cross-split similarity of coupled samples (solid), its independent-noise floor (dotted) and the
-    median test loss (right axis), one colour per seed; markers at tau_split and tau_loss."""
+    test loss (dashed, right axis), means over units, one colour per seed; markers at tau_split (triangle, on the
+    similarity) and tau_loss (square, on the loss) with their 95% bootstrap intervals as horizontal bars."""
     steps = np.asarray(results["steps"], dtype=float)
     ns = results["ns"]
     fig, axes = plt.subplots(1, len(ns), figsize=(3.3 * len(ns), 3.2), squeeze=False)
@@ -74,8 +75,11 @@ def plot_split(results: dict, path: Path) -> Path:
             ax.plot(steps, sim[s, j], color=f"C{s}", lw=1)
             ax.plot(steps, floor[s, j], color=f"C{s}", lw=0.7, ls=":")
             right.plot(steps, loss[s, j], color=f"C{s}", lw=0.7, ls="--")
-            ax.axvline(results["tau_split"][s][j], color=f"C{s}", lw=0.5)
-            right.axvline(results["tau_loss"][s][j], color=f"C{s}", lw=0.5, ls="--")
+            ordering = results["ordering"][s][j]
+            for axis, curve, marker, symbol in ((ax, sim, ordering["early"], "^"), (right, loss, ordering["late"], "s")):
+                step, (lo, hi) = marker["step"], marker["interval"]
+                axis.errorbar([step], [curve[s, j, marker["position"]]], xerr=[[step - lo], [hi - step]], fmt=symbol,
+                              color=f"C{s}", ms=4, capsize=2, lw=0.8)
         ax.set_xscale("log")
         ax.set_title(f"n = {n}", fontsize=8)
         ax.set_xlabel("training step")
@@ -135,6 +139,14 @@ def render_memorization(results: dict, figures: dict[str, str]) -> str:
         height = ", ".join(f"{p[j] - f[j]:.2f}" for p, f in zip(results["peak"], results["peak_floor"]))
         lines.append(f"| {n} | {fmt(tau_gen[j], '.0f')} | {col('tau_split')} | {col('tau_loss')} | "
                      f"{col('lead_checkpoints', 'd')} | {height} |")
+    lines += ["", f"Phase ordering per seed (docs/theory/generalization.md section 10): markers with 95% bootstrap "
+              f"intervals; similarity drop = S(tau_split) - S(tau_loss) and loss excess = L(tau_split) - L(tau_loss) "
+              f"with their paired-bootstrap SE and z = gap / SE (criterion z > {c['ordering_z']:g}).", "",
+              "| n | seed | tau_split [95%] | tau_loss [95%] | lead [95%] (checkpoints) | similarity drop (SE, z) | "
+              "loss excess (SE, z) | ordered |", "|---|---|---|---|---|---|---|---|"]
+    for j, n in enumerate(results["ns"]):
+        for s, row in enumerate(results["ordering"]):
+            lines.append(_ordering_row(n, s, row[j]))
     slopes = results["slopes"]
     lines += ["", "Slopes of log tau against log n (fitted n): " + ", ".join(f"{k} {v:.2f}" for k, v in slopes.items())
               + f"; window slope(tau_loss) - slope(tau_split) = {results['window_slope']:.2f} "
@@ -146,6 +158,20 @@ def render_memorization(results: dict, figures: dict[str, str]) -> str:
     lines += ["", f"All memorisation checks pass: {all(ch['passed'] for ch in results['checks'].values())}", ""]
     lines += [f"![{caption}]({name})\n" for caption, name in figures.items()]
     return "\n".join(lines)
+
+
+def _ordering_row(n: int, seed: int, o: dict) -> str:
+    """One table row of a phase ordering (:meth:`easyhard.metrics.ordering.PhaseOrdering.to_dict`)."""
+
+    def marker(m: dict) -> str:
+        return f"{m['step']} [{m['interval'][0]}, {m['interval'][1]}]"
+
+    def gap(value: float, se: float, z: float | None) -> str:
+        return f"{value:.4f} ({se:.4f}, {'inf' if z is None else format(z, '.1f')})"
+
+    return (f"| {n} | {seed} | {marker(o['early'])} | {marker(o['late'])} | {o['lead']} [{o['lead_interval'][0]}, "
+            f"{o['lead_interval'][1]}] | {gap(o['early_gap'], o['early_se'], o['early_z'])} | "
+            f"{gap(o['late_gap'], o['late_se'], o['late_z'])} | {'yes' if o['ordered'] else 'no'} |")
 
 
 def _short(value) -> str:
