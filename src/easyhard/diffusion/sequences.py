@@ -23,7 +23,7 @@ from easyhard.diffusion.samplers import SamplerNoise, sample
 
 def sample_sequences(denoiser: Denoiser, schedule: DDPMSchedule, n_or_shape: int | Sequence[int], steps: int,
                      noise: SamplerNoise | None = None, generator: torch.Generator | None = None, *,
-                     dtype: torch.dtype = torch.float64) -> Tensor:
+                     dtype: torch.dtype = torch.float64, start: int | None = None) -> Tensor:
     """Sequences int64 (*batch, L) from the ancestral DDPM reverse process on ``steps`` linearly respaced
     indices of ``schedule`` (``steps = schedule.T``: every step), tokens = argmax of the last x0_hat
     (docs/theory/grammar.md eq. 1.13).
@@ -32,7 +32,8 @@ def sample_sequences(denoiser: Denoiser, schedule: DDPMSchedule, n_or_shape: int
     ``length`` and ``q`` (the sequence oracles), meaning (n, length, q). Randomness: ``noise`` (common random
     numbers, :class:`~easyhard.diffusion.SamplerNoise`) if given, else ``generator`` (None: torch's default);
     the state lives on the noise's (else the generator's, else the CPU) device, in ``noise.initial``'s dtype
-    or else ``dtype``.
+    or else ``dtype``. ``start``: the index the reverse process starts from (default the last); with it,
+    ``noise.initial`` is the state x_start to denoise, e.g. noised sequences for a U-turn.
     """
     if isinstance(n_or_shape, int):
         n = check_int_at_least("n_or_shape", n_or_shape, 1)
@@ -46,5 +47,5 @@ def sample_sequences(denoiser: Denoiser, schedule: DDPMSchedule, n_or_shape: int
             raise ConfigError(f"n_or_shape must be a number or a shape (*batch, L, q) (got {shape})")
     device = generator.device if generator is not None else torch.device("cpu")
     x0 = sample(denoiser, schedule, shape, method="ancestral", steps=steps, spacing="linear", clip_x0=None,
-                generator=generator, noise=noise, device=device, dtype=dtype)
+                generator=generator, noise=noise, device=device, dtype=dtype, start=start)
     return x0.argmax(dim=-1)

@@ -54,6 +54,7 @@ REGISTRY: dict[str, str] = {
     "scaling": "easyhard.experiments.scaling:SCALING",
     "images": "easyhard.experiments.images:IMAGES",
     "memorization": "easyhard.experiments.memorization:MEMORIZATION",
+    "grammar": "easyhard.experiments.grammar:GRAMMAR",
     "diagnose": "easyhard.experiments.diagnose:DIAGNOSE",
     "exponents": "easyhard.experiments.sweepable:EXPONENTS",
     "recovery": "easyhard.experiments.scaling:RECOVERY",
