@@ -60,6 +60,7 @@ from easyhard.diffusion.denoiser import (
     predict_x0,
 )
 from easyhard.diffusion.samplers import METHODS, SPACINGS, SamplerNoise, sample, timesteps
+from easyhard.diffusion.sequences import sample_sequences  # noqa: E402
 
 __all__ += ["CoefficientDenoiser", "Denoiser", "EpsModel", "METHODS", "NoiseLevel", "OUTimeDenoiser", "SPACINGS",
-            "SamplerNoise", "as_denoiser", "as_step", "predict_eps", "predict_x0", "sample", "timesteps"]
+            "SamplerNoise", "as_denoiser", "as_step", "predict_eps", "predict_x0", "sample", "sample_sequences", "timesteps"]

@@ -99,11 +99,11 @@ class GrammarConfig:
     beta_end: float = 0.04
     critical_index: int = 75
     decomposition_index: int = 150
-    samples: int = 256
-    sample_steps: int = 25
-    uturn_inputs: int = 128
+    samples: int = 128
+    sample_steps: int = 20
+    uturn_inputs: int = 64
     uturn_indices: tuple[int, ...] = (25, 60)
-    uturn_steps: int = 6
+    uturn_steps: int = 4
     kl_levels: int = 24
     kl_sequences: int = 400
     gate: float = 0.75

@@ -1,5 +1,6 @@
 """Measurements over runs: recovery times, aligned fractions, sample-complexity exponents, image, memorisation,
-quality and generalisation metrics, and the one percentile bootstrap and power-law fit behind every interval."""
+quality, generalisation, phase-ordering and sequence metrics, and the one percentile bootstrap and power-law fit
+behind every interval."""
 
 from easyhard.metrics.bootstrap import (
     BootstrapMean, bootstrap_mean, bootstrap_replicates, check_level, percentile_interval)
@@ -39,3 +40,12 @@ from easyhard.metrics.generalization import (  # noqa: E402
 
 __all__ += ["denoiser_distance", "empirical_distance_per_level", "extremum_step", "first_crossing", "first_near_best",
             "log_slope", "loss_gap_per_level"]
+from easyhard.metrics.ordering import Marker, PhaseOrdering, locate, paired_difference, phase_ordering  # noqa: E402
+
+__all__ += ["Marker", "PhaseOrdering", "locate", "paired_difference", "phase_ordering"]
+from easyhard.metrics.sequences import (  # noqa: E402
+    distance_histogram, exact_copies, grammatical_fraction, hamming_nearest, loss_decomposition, nn_divergence,
+    pairwise_kl, sequence_kl, symmetric_kl, uturn_overlap, uturn_ratio)
+
+__all__ += ["distance_histogram", "exact_copies", "grammatical_fraction", "hamming_nearest", "loss_decomposition",
+            "nn_divergence", "pairwise_kl", "sequence_kl", "symmetric_kl", "uturn_overlap", "uturn_ratio"]

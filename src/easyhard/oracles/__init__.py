@@ -4,12 +4,13 @@ name."""
 
 from easyhard.oracles.bayes_mcm import GaussianChannels, MCMBayesDenoiser, per_direction_mse, v_posterior_mean
 from easyhard.oracles.empirical import EmpiricalDenoiser, empirical_denoiser, empirical_score
-from easyhard.oracles.grammar_bp import BeliefPropagationDenoiser
+from easyhard.oracles.grammar_bp import BeliefPropagationDenoiser, factorisation_kl, root_channels
+from easyhard.oracles.sequences import EmpiricalSequenceDenoiser
 from easyhard.oracles.matched import ACTIVATIONS, Matched, make_activation
 from easyhard.oracles.wiener import WienerDenoiser
 
 __all__ = [
-    "ACTIVATIONS", "BeliefPropagationDenoiser", "EmpiricalDenoiser", "GaussianChannels", "MCMBayesDenoiser",
-    "Matched", "WienerDenoiser", "empirical_denoiser", "empirical_score", "make_activation", "per_direction_mse",
-    "v_posterior_mean",
+    "ACTIVATIONS", "BeliefPropagationDenoiser", "EmpiricalDenoiser", "EmpiricalSequenceDenoiser", "GaussianChannels",
+    "MCMBayesDenoiser", "Matched", "WienerDenoiser", "empirical_denoiser", "empirical_score", "factorisation_kl",
+    "make_activation", "per_direction_mse", "root_channels", "v_posterior_mean",
 ]
