@@ -134,3 +134,17 @@ def test_checkpoints_measure_the_ema_and_resume_is_exact(tmp_path):
     assert sorted(again) == [15, 30] and resumed_losses == losses
     assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(measured[30], again[30]))
+
+
+def test_ensemble_config_passes_the_learning_rate_schedule_to_the_loop():
+    from easyhard._validate import ConfigError
+    from easyhard.train.ensemble import EnsembleTrainConfig
+
+    config = EnsembleTrainConfig(steps=100, first=10, lr_schedule="sequences", lr_warm=20)
+    loop = config.loop(torch.device("cpu"))
+    assert (loop.lr_schedule, loop.lr_warm) == ("sequences", 20)
+    assert loop.lr_factor(0) == pytest.approx(1.0) and loop.lr_factor(20) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        EnsembleTrainConfig(steps=100, first=10, lr_schedule="step")
+    with pytest.raises(ConfigError, match="lr_warm"):
+        EnsembleTrainConfig(steps=100, first=10, lr_schedule="sequences", lr_warm=100)

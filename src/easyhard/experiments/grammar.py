@@ -207,7 +207,8 @@ def profile(name: str) -> GrammarConfig:
                              uturn_indices=(5, 15, 25, 42, 60), uturn_steps=20, kl_sequences=2000, kl_levels=50,
                              device="auto",
                              train=EnsembleTrainConfig(steps=200_000, batch_size=512, lr=3e-4, checkpoints=25,
-                                                       first=1000, batches="random", ema_decay=0.999))
+                                                       first=1000, batches="random", ema_decay=0.999,
+                                                       lr_schedule="sequences", lr_warm=5000))
     return QUICK if name == "quick" else SMOKE
 
 

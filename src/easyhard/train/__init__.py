@@ -13,6 +13,7 @@ from easyhard.train.finite import (
     denoising_loss,
     load_snapshot,
     read_state,
+    sequence_loss,
     train_loop,
 )
 from easyhard.train.online import (
@@ -26,6 +27,7 @@ from easyhard.train.online import (
 )
 
 __all__ = [
+    "sequence_loss",
     "CHUNK",
     "ENGINES",
     "STATE_FILE",

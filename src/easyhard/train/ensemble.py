@@ -41,7 +41,9 @@ class EnsembleTrainConfig:
     demonstration of docs/theory/generalization.md) or "random" (drawn with replacement) [choice]; ``checkpoints``
     log-spaced checkpoint steps from ``first`` to ``steps``; ``seed`` of the training generator; ``ema_decay``
     in (0, 1): keep the EMA e <- ema_decay e + (1 - ema_decay) w of the weights after every step and measure it
-    at the checkpoints (None: no EMA, the live weights are measured)."""
+    at the checkpoints (None: no EMA, the live weights are measured); ``lr_schedule`` "constant" or "sequences"
+    (the learning-rate factor of docs/theory/generalization.md section 8.5: 1 -> 0.5 linearly over ``lr_warm``
+    steps, then a cosine to 0.1 at the end; :class:`~easyhard.train.finite.LoopConfig`)."""
 
     steps: int = 8000
     batch_size: int = 128
@@ -51,6 +53,8 @@ class EnsembleTrainConfig:
     seed: int = 0
     batches: str = "tile"
     ema_decay: float | None = None
+    lr_schedule: str = "constant"
+    lr_warm: int = 0
 
     def __post_init__(self) -> None:
         check_int_at_least("steps", self.steps, 1)
@@ -65,6 +69,7 @@ class EnsembleTrainConfig:
             object.__setattr__(self, "ema_decay", check_open_unit("ema_decay", self.ema_decay))
         if self.first >= self.steps:
             raise ConfigError(f"steps must be above first = {self.first}, the first checkpoint (got {self.steps})")
+        self.loop(torch.device("cpu"))  # the schedule's own checks (lr_schedule, lr_warm)
 
     def checkpoint_steps(self) -> list[int]:
         """``checkpoints`` log-spaced steps from ``first`` to ``steps`` (:func:`checkpoint_grid`)."""
@@ -72,9 +77,10 @@ class EnsembleTrainConfig:
 
     def loop(self, device: torch.device) -> LoopConfig:
         """The loop settings for an ensemble whose splits live on ``device``: Adam, no warm-up or clipping, the
-        EMA of ``ema_decay``."""
+        EMA of ``ema_decay`` and the learning-rate schedule."""
         return LoopConfig(identity=self.to_dict(), steps=self.steps, checkpoints=tuple(self.checkpoint_steps()),
-                          lr=self.lr, seed=self.seed, device=str(device), ema_decay=self.ema_decay, member_axis=True)
+                          lr=self.lr, seed=self.seed, device=str(device), ema_decay=self.ema_decay, member_axis=True,
+                          lr_schedule=self.lr_schedule, lr_warm=self.lr_warm)
 
     def to_dict(self) -> dict:
         return asdict(self)
