@@ -94,13 +94,14 @@ def _network() -> EnsembleTransformer:
     return EnsembleTransformer(config, torch.Generator().manual_seed(1))
 
 
-def _run(out, stop_at=None, resume=False):
+def _run(out, stop_at=None, resume=False, warmup=False):
     """A small transformer ensemble on token splits with an EMA: (model, {step: measured EMA weights},
     [live weights after every step], losses)."""
     gen = torch.Generator().manual_seed(0)
     splits = Splits.stack([torch.randint(0, 3, (n, 4), generator=gen) for n in (5, 8)])
     model = _network()
-    train = EnsembleTrainConfig(steps=30, batch_size=8, lr=1e-2, checkpoints=4, first=4, ema_decay=0.8)
+    train = EnsembleTrainConfig(steps=30, batch_size=8, lr=1e-2, checkpoints=4, first=4, ema_decay=0.8,
+                                ema_warmup=warmup)
     measured, live = {}, []
 
     def measure(step, net):
@@ -148,3 +149,21 @@ def test_ensemble_config_passes_the_learning_rate_schedule_to_the_loop():
         EnsembleTrainConfig(steps=100, first=10, lr_schedule="step")
     with pytest.raises(ConfigError, match="lr_warm"):
         EnsembleTrainConfig(steps=100, first=10, lr_schedule="sequences", lr_warm=100)
+
+
+def test_ema_warmup_follows_its_closed_form_and_resumes_exactly(tmp_path):
+    """With ema_warmup the decay after step s is min(0.8, (1 + s) / (10 + s)): 0.1538.. at s = 1, 0.8 from s = 26."""
+    whole, measured, live, _ = _run(tmp_path / "a", warmup=True)
+    ema = [p.detach().clone() for p in _network().parameters()]
+    for step, weights in enumerate(live, start=1):
+        decay = min(0.8, (1 + step) / (10 + step))
+        ema = [decay * e + (1 - decay) * w for e, w in zip(ema, weights)]
+        if step in measured:
+            for a, b in zip(measured[step], ema):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    plain = _run(tmp_path / "c")[1]
+    assert not torch.allclose(plain[4][0], measured[4][0])  # the warm-up changes the early average
+    with pytest.raises(_Stop):
+        _run(tmp_path / "b", stop_at=8, warmup=True)
+    resumed, again, _, _ = _run(tmp_path / "b", resume=True, warmup=True)
+    assert all(torch.equal(a, b) for a, b in zip(measured[30], again[30]))

@@ -93,7 +93,8 @@ class GrammarConfig:
     norm: str = "pre"
     dropout: float = 0.0
     train: EnsembleTrainConfig = field(default_factory=lambda: EnsembleTrainConfig(
-        steps=5000, batch_size=64, lr=1e-3, checkpoints=22, first=20, batches="random", ema_decay=0.99))
+        steps=5000, batch_size=64, lr=1e-3, checkpoints=22, first=20, batches="random", ema_decay=0.99,
+        ema_warmup=True))
     T: int = 500
     beta_start: float = 2e-4
     beta_end: float = 0.04
@@ -193,7 +194,7 @@ SMOKE = GrammarConfig(ns=(16, 32), seeds=2, splits=2, twins=1, n_test=48, reps=1
                       heads=2, layers=1, ff=32, samples=32, sample_steps=4, uturn_inputs=16, uturn_steps=2,
                       kl_levels=4, kl_sequences=32, n_boot=50,
                       train=EnsembleTrainConfig(steps=60, batch_size=16, lr=1e-3, checkpoints=5, first=10,
-                                                batches="random", ema_decay=0.9))
+                                                batches="random", ema_decay=0.9, ema_warmup=True))
 
 
 def profile(name: str) -> GrammarConfig:
@@ -207,7 +208,7 @@ def profile(name: str) -> GrammarConfig:
                              uturn_indices=(5, 15, 25, 42, 60), uturn_steps=20, kl_sequences=2000, kl_levels=50,
                              device="auto",
                              train=EnsembleTrainConfig(steps=200_000, batch_size=512, lr=3e-4, checkpoints=25,
-                                                       first=1000, batches="random", ema_decay=0.999,
+                                                       first=1000, batches="random", ema_decay=0.999, ema_warmup=True,
                                                        lr_schedule="sequences", lr_warm=5000))
     return QUICK if name == "quick" else SMOKE
 

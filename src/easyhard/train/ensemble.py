@@ -41,7 +41,8 @@ class EnsembleTrainConfig:
     demonstration of docs/theory/generalization.md) or "random" (drawn with replacement) [choice]; ``checkpoints``
     log-spaced checkpoint steps from ``first`` to ``steps``; ``seed`` of the training generator; ``ema_decay``
     in (0, 1): keep the EMA e <- ema_decay e + (1 - ema_decay) w of the weights after every step and measure it
-    at the checkpoints (None: no EMA, the live weights are measured); ``lr_schedule`` "constant" or "sequences"
+    at the checkpoints (None: no EMA, the live weights are measured), with ``ema_warmup`` the decay
+    min(ema_decay, (1 + s) / (10 + s)) after step s; ``lr_schedule`` "constant" or "sequences"
     (the learning-rate factor of docs/theory/generalization.md section 8.5: 1 -> 0.5 linearly over ``lr_warm``
     steps, then a cosine to 0.1 at the end; :class:`~easyhard.train.finite.LoopConfig`)."""
 
@@ -53,6 +54,7 @@ class EnsembleTrainConfig:
     seed: int = 0
     batches: str = "tile"
     ema_decay: float | None = None
+    ema_warmup: bool = False
     lr_schedule: str = "constant"
     lr_warm: int = 0
 
@@ -80,7 +82,7 @@ class EnsembleTrainConfig:
         EMA of ``ema_decay`` and the learning-rate schedule."""
         return LoopConfig(identity=self.to_dict(), steps=self.steps, checkpoints=tuple(self.checkpoint_steps()),
                           lr=self.lr, seed=self.seed, device=str(device), ema_decay=self.ema_decay, member_axis=True,
-                          lr_schedule=self.lr_schedule, lr_warm=self.lr_warm)
+                          lr_schedule=self.lr_schedule, lr_warm=self.lr_warm, ema_warmup=self.ema_warmup)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -123,7 +123,9 @@ class LoopConfig:
     optimizer "adam" | "adamw" with ``lr``, ``weight_decay`` and ``warmup`` linear warm-up steps; ``fused``
     selects the fused (CUDA) Adam kernel. lr_schedule: "constant" after the warm-up, or "sequences" (the
     learning-rate factor of docs/theory/generalization.md section 8.5, with ``lr_warm`` in [0, steps - 1]
-    steps of linear decay from 1 to 0.5; :meth:`lr_factor`). grad_clip, ema_decay: None disables them.
+    steps of linear decay from 1 to 0.5; :meth:`lr_factor`). grad_clip, ema_decay: None disables them;
+    ema_warmup: the decay after optimizer step s (1-based) is min(ema_decay, (1 + s) / (10 + s)), so the average
+    forgets the initial weights within tens of steps (:meth:`ema_factor`).
     member_axis: the model is an ensemble (x0 (E, B, ...)). snapshots: also write snapshots and
     train_log.json. On CUDA: ``bf16`` autocast, ``channels_last`` for image batches, ``compile`` (torch.compile).
     """
@@ -147,6 +149,14 @@ class LoopConfig:
     compile: bool = False
     lr_schedule: str = "constant"
     lr_warm: int = 0
+    ema_warmup: bool = False
+
+    def ema_factor(self, step: int) -> float:
+        """The EMA decay applied after optimizer step ``step`` (1-based): ``ema_decay``, or with ``ema_warmup``
+        min(ema_decay, (1 + step) / (10 + step))."""
+        if self.ema_decay is None:
+            raise ConfigError("ema_factor needs ema_decay")
+        return min(self.ema_decay, (1 + step) / (10 + step)) if self.ema_warmup else self.ema_decay
 
     def __post_init__(self) -> None:
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -446,7 +456,7 @@ def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], sche
             opt.step()
             sched.step()
             if ema is not None:
-                _ema_update(ema, model, loop.ema_decay)
+                _ema_update(ema, model, loop.ema_factor(step + 1))
             loss_sum += total.detach().double()
             step += 1
             since += 1
