@@ -178,7 +178,8 @@ def test_full_profile_runs_at_small_size_on_cpu(tmp_path):
     small = dataclasses.replace(full, ns=(8, 16), seeds=1, n_test=16, reps=1, train_inputs=8, d_model=16, layers=2,
                                 ff=32, samples=8, sample_steps=4, uturn_inputs=6, uturn_steps=2, kl_sequences=16,
                                 kl_levels=4, n_boot=20, device="cpu",
-                                train=dataclasses.replace(full.train, steps=30, batch_size=8, checkpoints=4, first=5))
+                                train=dataclasses.replace(full.train, steps=30, batch_size=8, checkpoints=4, first=5,
+                                                          lr_warm=10), threads=1)
     result = run_grammar(small, tmp_path)
     assert len(result["cells"]) == 2 and result["bp"]["grammatical"] == 1.0
     assert np.isfinite(np.asarray(result["D_test"])).all()

@@ -192,7 +192,7 @@ class GrammarConfig:
 QUICK = GrammarConfig()
 SMOKE = GrammarConfig(ns=(16, 32), seeds=2, splits=2, twins=1, n_test=48, reps=1, train_inputs=16, d_model=16,
                       heads=2, layers=1, ff=32, samples=32, sample_steps=4, uturn_inputs=16, uturn_steps=2,
-                      kl_levels=4, kl_sequences=32, n_boot=50,
+                      kl_levels=4, kl_sequences=32, n_boot=50, threads=1,
                       train=EnsembleTrainConfig(steps=60, batch_size=16, lr=1e-3, checkpoints=5, first=10,
                                                 batches="random", ema_decay=0.9, ema_warmup=True))
 
