@@ -16,7 +16,7 @@ from easyhard.experiments.grammar import (
     RECORDS_FILE, SMOKE, GrammarConfig, analyse, evaluate, make_probe, make_problem, profile, record_shapes,
     run_grammar)
 from easyhard.metrics.sequences import hamming_nearest, sequence_kl, symmetric_kl
-from easyhard.models.transformer import EnsembleTransformer, SequenceTransformerConfig
+from easyhard.models.transformer import EnsembleTransformer
 from easyhard.train.ensemble import EnsembleTrainConfig
 
 
@@ -89,10 +89,7 @@ def tiny():
     config = dataclasses.replace(SMOKE, ns=(8,), seeds=1, splits=2, twins=1, n_test=12, samples=8, uturn_inputs=6)
     problem = make_problem(config)
     probe = make_probe(config, problem, config.schedule())
-    model = EnsembleTransformer(SequenceTransformerConfig(members=config.members, length=config.length, q=config.q,
-                                                          d_model=config.d_model, heads=config.heads,
-                                                          layers=config.layers, ff=config.ff),
-                                torch.Generator().manual_seed(0))
+    model = EnsembleTransformer(config.transformer(config.members), torch.Generator().manual_seed(0))
     return config, problem, probe, model
 
 

@@ -52,7 +52,6 @@ from easyhard.train.ensemble import EnsembleTrainConfig, Splits
 from easyhard.train.finite import RESTART_HINT, STATE_FILE
 
 RECORDS_FILE = "records.pt"
-NORMS = ("pre", "post")
 
 
 @dataclass(frozen=True)
@@ -126,18 +125,12 @@ class GrammarConfig:
             raise ConfigError(f"ns must be increasing sizes >= 2 (got {self.ns})")
         check_int_in("splits", self.splits, 2, 64)
         check_int_in("twins", self.twins, 0, self.splits)
-        for name in ("seeds", "n_test", "reps", "train_inputs", "d_model", "heads", "layers", "ff", "samples",
-                     "uturn_inputs", "kl_sequences"):
+        for name in ("seeds", "n_test", "reps", "train_inputs", "samples", "uturn_inputs", "kl_sequences"):
             check_int_at_least(name, getattr(self, name), 1)
-        check_int_at_least("time_dim", self.time_dim, 2)
+        self.transformer(1)  # the network's own checks (d_model, heads, layers, ff, time_dim, norm, dropout)
         check_int_at_least("sample_steps", self.sample_steps, 2)
         check_int_at_least("uturn_steps", self.uturn_steps, 1)
         check_int_at_least("kl_levels", self.kl_levels, 2)
-        if self.d_model % self.heads:
-            raise ConfigError(f"d_model = {self.d_model} must be a multiple of heads = {self.heads}")
-        check_choice("norm", self.norm, NORMS)
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must lie in [0, 1) (got {self.dropout})")
         check_int_in("T", self.T, 2, 100_000)
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise ConfigError(f"beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1 "
@@ -169,6 +162,14 @@ class GrammarConfig:
     @property
     def length(self) -> int:
         return 2 ** self.depth
+
+    def transformer(self, members: int):
+        """The :class:`~easyhard.models.SequenceTransformerConfig` of an ensemble of ``members`` networks."""
+        from easyhard.models.transformer import SequenceTransformerConfig
+
+        return SequenceTransformerConfig(members=members, length=self.length, q=self.q, d_model=self.d_model,
+                                         heads=self.heads, layers=self.layers, ff=self.ff, time_dim=self.time_dim,
+                                         norm=self.norm, dropout=self.dropout)
 
     def member(self, seed: int, n_pos: int, model: int) -> int:
         """Ensemble index of (seed, position of n in ns, model)."""
@@ -478,7 +479,7 @@ def run_grammar(config: GrammarConfig, out_dir: str | Path, progress: Callable[[
     uninterrupted run); a file that cannot be used is a CorruptedFile naming it, or, with ``restart``, the saved run
     is deleted and training starts over.
     """
-    from easyhard.models.transformer import EnsembleTransformer, SequenceTransformerConfig
+    from easyhard.models.transformer import EnsembleTransformer
     from easyhard.train.ensemble import train_ensemble
     from easyhard.train.finite import check_state
     from easyhard.train.finite import sequence_loss
@@ -491,10 +492,7 @@ def run_grammar(config: GrammarConfig, out_dir: str | Path, progress: Callable[[
     schedule = config.schedule()
     problem = make_problem(config)
     device = torch.device(config.device)
-    model = EnsembleTransformer(SequenceTransformerConfig(
-        members=config.members, length=config.length, q=config.q, d_model=config.d_model, heads=config.heads,
-        layers=config.layers, ff=config.ff, time_dim=config.time_dim, norm=config.norm, dropout=config.dropout),
-        torch.Generator().manual_seed(config.train.seed + 1))
+    model = EnsembleTransformer(config.transformer(config.members), torch.Generator().manual_seed(config.train.seed + 1))
     records: list[dict] = []
     resume = (out / STATE_FILE).exists()
     done = 0
