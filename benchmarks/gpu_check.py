@@ -128,6 +128,30 @@ def reproduce_scaling() -> dict:
     return _reproduce("scaling")
 
 
+def reproduce_grammar() -> dict:
+    return _reproduce("grammar")
+
+
+def grammar_bp_cuda() -> dict:
+    """Belief propagation and BP posterior sampling on CUDA against the CPU (same inputs, float64)."""
+    import torch
+
+    from easyhard.data import HierarchicalGrammar
+    from easyhard.diffusion import DDPMSchedule, SamplerNoise, sample_sequences
+    from easyhard.oracles import BeliefPropagationDenoiser
+
+    grammar = HierarchicalGrammar.create(depth=4, q=6, q_eff=4, seed=0)
+    x = torch.randn(512, 16, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    bp = BeliefPropagationDenoiser(grammar, factorised=2)
+    error = float((bp(x.cuda(), 0.4).cpu() - bp(x, 0.4)).abs().max())
+    schedule = DDPMSchedule(T=500, beta_start=2e-4, beta_end=0.04, index_base=1)
+    noise = SamplerNoise.draw((256, 16, 6), torch.Generator("cuda").manual_seed(1), dtype=torch.float64)
+    tokens = sample_sequences(BeliefPropagationDenoiser(grammar), schedule, (256, 16, 6), 50, noise=noise)
+    grammatical = float(grammar.is_grammatical(tokens).double().mean())
+    return {"pass": error < 1e-10 and grammatical == 1.0 and tokens.is_cuda, "max_error": error,
+            "grammatical": grammatical}
+
+
 def online_sgd_rows() -> dict:
     bench = _sibling("online_sgd")
     args = argparse.Namespace(quick=True, repeats=1, target=0.3, n_logs=40, cuda=True)
@@ -148,6 +172,8 @@ CHECKS: dict[str, Callable[[], dict]] = {
     "image_training": image_training,
     "reproduce_memorization": reproduce_memorization,
     "reproduce_scaling": reproduce_scaling,
+    "reproduce_grammar": reproduce_grammar,
+    "grammar_bp_cuda": grammar_bp_cuda,
     "online_sgd_rows": online_sgd_rows,
 }
 
