@@ -387,7 +387,7 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     out["pair_kl"] = torch.stack(pair_kl).reshape(S, N, len(pairs), Nt)
     # loss decomposition at a fixed index, held-out and own sequences
     dec_test = loss_decomposition(_log_probs(model, probe.dec_test_xt[None], config.decomposition_index),
-                                  problem.test, probe.dec_test_bp)
+                                  problem.test.to(probe.dec_test_bp.device), probe.dec_test_bp)
     dec_train = loss_decomposition(_own_log_probs(model, probe.dec_train_xt, config.decomposition_index),
                                    probe.train_x0, probe.dec_train_bp)
     out["decomposition"] = torch.stack([torch.stack([d[k].mean(-1) for k in ("l", "l_star", "l_tilde")], -1)
@@ -395,7 +395,7 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     out["l_tilde_test_se"] = dec_test["l_tilde"].std(-1) / math.sqrt(dec_test["l_tilde"].shape[-1])
     # samples of the coupled sampler
     tokens = _tokens(model, schedule, (E, config.samples, L, config.q), config.sample_steps, probe.sampler)
-    own = [problem.splits.data[e, :int(problem.splits.counts[e])] for e in range(E)]
+    own = [problem.splits.data[e, :int(problem.splits.counts[e])].to(tokens.device) for e in range(E)]
     nearest = torch.stack([hamming_nearest(tokens[e], own[e]) for e in range(E)])  # (E, samples)
     out["grammatical"] = problem.grammar.is_grammatical(tokens.reshape(-1, L)).reshape(E, -1).double().mean(-1)
     out["copies"] = torch.stack([exact_copies(tokens[e], own[e]).double().mean() for e in range(E)])
