@@ -47,9 +47,11 @@ def test_planted_ordering_is_found_with_its_markers_lead_and_intervals():
 def test_coinciding_extrema_give_zero_gaps_and_are_never_ordered():
     result = phase_ordering(STEPS, _units(_peak(9), (6,), 0.01, 3), _units(_valley(9), (4,), 0.01, 4), True)
     assert result.lead == 0 and result.early_gap == 0 and result.late_gap == 0 and not result.ordered
+    assert np.copysign(1, result.early_gap) == 1  # a maximum's gap is negated: no negative zero in the records
     # even without noise (zero errors)
     exact = phase_ordering(STEPS, np.tile(_peak(9), (3, 1)), np.tile(_valley(9), (3, 1)), True)
     assert exact.early_se == 0 and exact.late_se == 0 and not exact.ordered and exact.early_z == 0
+    assert exact.to_dict()["early_z"] == 0 and exact.to_dict()["late_z"] == 0
 
 
 def test_positive_gaps_with_zero_error_are_ordered():

@@ -18,15 +18,18 @@ At every checkpoint (fixed inputs and noise, shared by all checkpoints and model
   collapse on training points (Gaussian mixture: with the exact log-density; images: referenced to the
   held-out test set);
 - ``split_samples`` samples per model from the coupled ancestral sampler (shared initial and per-step
-  noise): the cross-split similarity S_AB = mean_j Pearson(x_A^j, x_B^j) for every pair of splits, its
+  noise): the cross-split similarity S_AB = mean_j Pearson(x_A^j, x_B^j) for every pair of splits (recorded
+  per block of samples, ``unit_blocks`` blocks; the test loss likewise per block of test inputs), its
   noise floor (the same model under independent noise), and the own- minus other-split nearest-neighbour
   similarity Delta_NN;
 - the denoiser similarity between split models at a fixed index on training versus test inputs (B_score).
 
 Analysis: tau_mem (first checkpoint with f_mem >= ``mem_level``) per model and its power law in n
 (Kaplan-Meier medians over replicates, bootstrap interval); tau_gen (first checkpoint within a
-tolerance of the best quality); per seed and n the test-loss minimum tau_loss and the cross-split
-similarity peak tau_split (searched among checkpoints whose test loss has fallen at least
+tolerance of the best quality); per seed and n the phase ordering of the cross-split similarity peak
+tau_split and the test-loss minimum tau_loss (:func:`~easyhard.metrics.ordering.phase_ordering` on the unit
+curves: pairs x sample blocks and models x test-input blocks, markers with bootstrap intervals, gaps with
+paired-bootstrap errors; the peak is searched among checkpoints whose mean test loss has fallen at least
 ``peak_fraction`` of the way to its minimum, since shared noise alone makes untrained models similar).
 """
 
@@ -48,7 +51,7 @@ from easyhard._validate import (ConfigError, check_choice, check_device, check_i
                                 check_positive, check_schedule_length, check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.experiments.registry import Experiment, Option, RunContext
-from easyhard.diffusion.samplers import SamplerNoise, sample
+from easyhard.diffusion.samplers import SPACINGS, SamplerNoise, sample
 from easyhard.metrics import (
     bootstrap_replicates, bootstrap_scaling, copies_from_distances, denoiser_distance, denoiser_similarity, eps_loss,
     first_crossing, first_near_best, fixed_noise, kl_to_density, km_median, knn_divergence,
@@ -69,13 +72,23 @@ class MemorizationConfig:
     """Settings of ``reproduce memorization``; defaults: the CPU demonstration of docs/theory/generalization.md (section 11).
 
     Data: ``data`` "mixture" (Gaussian mixture in dimension d with ``components`` equal-weight components,
-    power-law spectra, standardised by :func:`mixture_law`), "patches" (embedded image patches, flattened) or "cifar10" (from
-    ``data_dir``). ns: training-set sizes; splits: K disjoint splits per n; seeds: independent repetitions.
-    Model: ensemble MLP (width, depth, time_dim). Training: ``train``. Evaluation: see the module docstring.
+    power-law spectra, standardised by :func:`mixture_law`: ``standardize``), "patches" (embedded image patches,
+    flattened) or "cifar10" (from ``data_dir``). ns: training-set sizes; splits: K disjoint splits per n; seeds:
+    independent repetitions. Model: ensemble MLP (width, depth, time_dim, time_scale, time_input, init,
+    output_scale: :class:`~easyhard.models.EnsembleConfig`). Training: ``train``. Evaluation: see the module
+    docstring; ``spacing`` of both samplers' index grids; ``unit_blocks`` bootstrap units per pair and model;
+    ``ordering_z`` the phase-ordering criterion.
 
-    Default sizes [choice]: n = 16..128 rather than the demonstration's 8..64. At n = 8 fresh data already
-    score ~1% memorised (docs/theory/generalization.md section 11.4, pitfall 2), and n = 128 still reaches its onset within 8,000
-    steps while widening the window between the similarity peak and the test-loss minimum.
+    Defaults of data and model [choice, measured]: scalar standardisation, the time embedding into every
+    hidden layer, LeCun-uniform initialisation and output_scale 0.5, the denoiser of the CPU demonstration
+    (docs/theory/generalization.md section 11.2): with the affine standardisation and PyTorch's default network
+    the test-loss valley after the similarity peak is flat (section 11.2 gives the measured comparison).
+
+    Default sizes [choice]: n = 16, 32, 64, the demonstration's 8..64 without n = 8, where fresh data already
+    score ~1% memorised (docs/theory/generalization.md section 11.4, pitfall 2). With this data and model n = 128
+    does not reach its onset within 8,000 steps. Sizes divide the batch, so tiled batches hold every point equally
+    often. Training measures an EMA (0.99, with warm-up) of the weights: the live weights' checkpoint-to-checkpoint
+    noise in the split similarity is as large as its fall after the peak (section 11.6).
     """
 
     data: str = "mixture"
@@ -84,10 +97,10 @@ class MemorizationConfig:
     components: int = 8
     spectrum_power: float = 1.0
     mean_variance: float = 0.25
-    standardize: str = "affine"
+    standardize: str = "scalar"
     data_seed: int = 0
     patch_size: int = 8
-    ns: tuple[int, ...] = (16, 32, 64, 128)
+    ns: tuple[int, ...] = (16, 32, 64)
     fit_min_n: int = 16
     splits: int = 4
     seeds: int = 4
@@ -96,10 +109,10 @@ class MemorizationConfig:
     depth: int = 3
     time_dim: int = 32
     time_scale: float = 1.0
-    time_input: str = "first"
-    init: str = "torch"
-    output_scale: float = 1.0
-    train: EnsembleTrainConfig = field(default_factory=EnsembleTrainConfig)
+    time_input: str = "every"
+    init: str = "lecun"
+    output_scale: float = 0.5
+    train: EnsembleTrainConfig = field(default_factory=lambda: EnsembleTrainConfig(ema_decay=0.99, ema_warmup=True))
     T: int = 1000
     loss_levels: int = 20
     loss_test: int = 400
@@ -108,6 +121,7 @@ class MemorizationConfig:
     mem_steps: int = 40
     split_samples: int = 256
     split_steps: int = 40
+    spacing: str = "quadratic"
     thresholds: tuple[float, ...] = (1 / 4, 1 / 3, 1 / 2)
     threshold: float = 1 / 3
     mem_level: float = 0.01
@@ -123,6 +137,7 @@ class MemorizationConfig:
     def __post_init__(self) -> None:
         check_choice("data", self.data, DATA)
         check_choice("standardize", self.standardize, STANDARDIZE)
+        check_choice("spacing", self.spacing, SPACINGS)
         if self.data == "cifar10" and self.data_dir is None:
             raise ConfigError("data cifar10 needs --data-dir (the CIFAR-10 Python batches)")
         for name in ("d", "components", "splits", "seeds", "n_test", "width", "depth", "T", "loss_levels",
@@ -186,7 +201,8 @@ class MemorizationConfig:
 QUICK = MemorizationConfig()
 SMOKE = MemorizationConfig(ns=(8, 16, 32), seeds=2, splits=2, n_test=400, width=32, depth=2, loss_levels=4,
                            loss_test=64, loss_train=32, mem_samples=64, mem_steps=6, split_samples=32, split_steps=6,
-                           score_inputs=32, train=EnsembleTrainConfig(steps=120, checkpoints=5, first=10))
+                           score_inputs=32, train=EnsembleTrainConfig(steps=120, checkpoints=5, first=10, ema_decay=0.99,
+                                                                      ema_warmup=True))
 
 
 def profile(name: str) -> MemorizationConfig:
@@ -195,7 +211,8 @@ def profile(name: str) -> MemorizationConfig:
     if name == "full":
         return MemorizationConfig(data="patches", ns=(64, 128, 256, 512, 1024), fit_min_n=64, width=512, depth=4,
                                   n_test=8000, mem_samples=2000, split_samples=512, device="auto",
-                                  train=EnsembleTrainConfig(steps=100_000, batch_size=256, lr=3e-4, checkpoints=40))
+                                  train=EnsembleTrainConfig(steps=100_000, batch_size=256, lr=3e-4, checkpoints=40,
+                                                            ema_decay=0.99, ema_warmup=True))
     return QUICK if name == "quick" else SMOKE
 
 
@@ -418,7 +435,7 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
         out["exact_distance"] = denoiser_distance(model_x0, _by_level(probe.exact_x0, L))
     # memorisation and sample quality from DDIM samples with shared initial noise
     mem = sample(eps, schedule, (E, config.mem_samples, d), method="ddim", steps=config.mem_steps, heun=False,
-                 clip_x0=None, noise=probe.mem_noise).cpu()
+                 spacing=config.spacing, clip_x0=None, noise=probe.mem_noise).cpu()
     out["copies"], out["nn_distance"] = _copies(mem, splits, config.thresholds)
     if problem.law is not None:  # k-NN estimate of KL(q || p) with the exact log-density
         out["kl"] = kl_to_density(mem.double(), problem.law.log_prob, ensemble=True)
@@ -427,10 +444,10 @@ def evaluate(model: torch.nn.Module, config: MemorizationConfig, problem: Proble
         out["kl"] = torch.tensor([knn_divergence(x, problem.test.double()) for x in mem.double()])
     # coupled ancestral samples: cross-split similarity, its noise floor, own- vs other-split similarity
     shape = (E, config.split_samples, d)
-    coupled = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,
-                     noise=probe.split_noise)
-    independent = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, clip_x0=None,
-                         noise=probe.floor_noise)
+    coupled = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, spacing=config.spacing,
+                     clip_x0=None, noise=probe.split_noise)
+    independent = sample(eps, schedule, shape, method="ancestral", steps=config.split_steps, spacing=config.spacing,
+                         clip_x0=None, noise=probe.floor_noise)
     out["floor"] = paired_similarity(coupled, independent, ensemble=True).mean(-1)
     coupled = coupled.cpu()
     pairs = list(itertools.combinations(range(config.splits), 2))
@@ -830,6 +847,8 @@ def memorization_resources(config: MemorizationConfig):
 
     d = {"mixture": config.d, "patches": 3 * config.patch_size**2}.get(config.data, 3 * 32 * 32)
     params = mlp_params(d, config.width, config.depth, config.time_dim)
+    if config.time_input == "every":  # the time maps of the later hidden layers
+        params += (config.depth - 1) * config.time_dim * config.width
     E = config.members
     per_checkpoint = (config.mem_samples * config.mem_steps + config.split_samples * config.split_steps
                       + config.loss_test + config.loss_train + config.score_inputs) / 3

@@ -79,10 +79,10 @@ class PhaseOrdering:
         return _ratio(self.late_gap, self.late_se)
 
     def to_dict(self) -> dict:
-        """The fields as JSON-ready values, plus early_z and late_z (None where the error is 0)."""
+        """The fields as JSON-ready values, plus early_z and late_z (None where infinite: a positive gap with
+        zero error)."""
         out = asdict(self)
-        out.update(early_z=None if self.early_se == 0 else self.early_z,
-                   late_z=None if self.late_se == 0 else self.late_z)
+        out.update({k: (v if np.isfinite(v) else None) for k, v in (("early_z", self.early_z), ("late_z", self.late_z))})
         return out
 
 
@@ -233,7 +233,8 @@ def phase_ordering(steps: np.ndarray, early_curves: np.ndarray, late_curves: np.
     # "worse" is lower for a maximum, higher for a minimum
     early_gap, early_se = _difference(early_curves, early_boots, late.position, early.position)
     late_gap, late_se = _difference(late_curves, late_boots, early.position, late.position)
-    early_gap, late_gap = (-early_gap if early_maximum else early_gap), (-late_gap if late_maximum else late_gap)
+    early_gap = (-early_gap if early_maximum else early_gap) + 0.0  # + 0.0: no negative zero
+    late_gap = (-late_gap if late_maximum else late_gap) + 0.0
     ordered = early.position < late.position and early_gap > z * early_se and late_gap > z * late_se
     return PhaseOrdering(early, late, late.position - early.position,
                          _integer_interval(late_positions - early_positions), early_gap, early_se, late_gap, late_se,
