@@ -77,7 +77,7 @@ def plot_nn(results: dict, path: Path) -> Path:
                                   ("last", len(steps) - 1, "C3")):
             ax.step(distances, hist[0, j, :, pos], where="mid", color=color, label=f"{label} (step {int(steps[pos])})")
         ax.axvline(base[0, j], color="k", ls="--", lw=0.9, label="held-out data, mean")
-        ax.set_xlabel("Hamming distance to nearest own training sequence")
+        ax.set_xlabel("Hamming distance to the own split (nearest)")
         ax.set_title(f"n = {results['ns'][j]}", fontsize=8)
         ax.legend(fontsize=6)
         ax = axes[1, j]
@@ -86,7 +86,7 @@ def plot_nn(results: dict, path: Path) -> Path:
             ax.axhline(base[s, j], color=f"C{s}", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training step")
-        ax.set_ylabel("mean NN distance of samples (dashed: data)")
+        ax.set_ylabel("mean NN distance (dashed: data)")
         ax.legend(fontsize=6)
     return save_figure(fig, path)
 
