@@ -238,8 +238,8 @@ def test_bad_sweep_files(tmp_path, text, needle):
 
 
 def test_registry_lists_names_and_imports_lazily():
-    assert {"theory", "staircase", "staircase_cell", "scaling", "images", "memorization", "diagnose", "exponents",
-            "recovery"} == set(EXPERIMENTS)
+    assert {"theory", "staircase", "staircase_cell", "scaling", "images", "memorization", "grammar", "diagnose",
+            "exponents", "recovery"} == set(EXPERIMENTS)
     with pytest.raises(ConfigError, match="experiment must be one of theory, staircase, .*, exponents, recovery"):
         get_experiment("nope")
     with pytest.raises(ConfigError, match="could not be imported"):
