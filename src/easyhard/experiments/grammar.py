@@ -47,6 +47,7 @@ from easyhard._validate import (ConfigError, check_choice, check_device, check_i
                                 check_nonnegative, check_seed, check_workers)
 from easyhard.diffusion import DDPMSchedule
 from easyhard.diffusion.samplers import SamplerNoise
+from easyhard.diffusion.sequences import sample_sequences
 from easyhard.experiments.registry import Experiment, Option, RunContext
 from easyhard.train.ensemble import EnsembleTrainConfig, Splits
 from easyhard.train.finite import RESTART_HINT, STATE_FILE
@@ -274,10 +275,10 @@ class Probe:
     uturn_bp_test: Tensor
 
 
-def _noised(x0: Tensor, q: int, abar: float, generator: torch.Generator) -> Tensor:
-    """x_t = sqrt(abar) e(x0) + sqrt(1 - abar) eps for sequences x0 (..., L): (..., L, q) float32."""
-    eps = torch.randn(*x0.shape, q, generator=generator, dtype=torch.float64)
-    return (math.sqrt(abar) * torch.nn.functional.one_hot(x0, q).double() + math.sqrt(1 - abar) * eps).float()
+def _noised(schedule: DDPMSchedule, x0: Tensor, q: int, index: int, generator: torch.Generator) -> Tensor:
+    """x_t = sqrt(abar) e(x0) + sqrt(1 - abar) eps at step ``index`` for sequences x0 (..., L), drawn in float64 by
+    :meth:`~easyhard.diffusion.DDPMSchedule.add_noise`: (..., L, q) float32."""
+    return schedule.add_noise(torch.nn.functional.one_hot(x0, q).double(), index, generator)[0].float()
 
 
 def _bp(grammar, x_t: Tensor, abar: float, k: int = 0, chunk: int = 4096) -> Tensor:
@@ -295,15 +296,6 @@ def _own(splits: Splits, count: int) -> Tensor:
     return torch.stack([splits.data[e, idx % splits.counts[e]] for e in range(len(splits.counts))])
 
 
-def _tokens(denoiser, schedule: DDPMSchedule, shape: tuple[int, ...], steps: int, noise: SamplerNoise,
-            start: int | None = None) -> Tensor:
-    """Sequences (..., L) int64 from the coupled ancestral sampler
-    (:func:`~easyhard.diffusion.sequences.sample_sequences`, docs/theory/grammar.md section 1.8)."""
-    from easyhard.diffusion.sequences import sample_sequences
-
-    return sample_sequences(denoiser, schedule, shape, steps, noise=noise, start=start)
-
-
 def make_probe(config: GrammarConfig, problem: Problem, schedule: DDPMSchedule) -> Probe:
     """Build the fixed inputs and everything BP gives once (module docstring)."""
     from easyhard.metrics.sequences import hamming_nearest, uturn_overlap
@@ -313,13 +305,13 @@ def make_probe(config: GrammarConfig, problem: Problem, schedule: DDPMSchedule) 
     gen = torch.Generator().manual_seed(config.data_seed + 11)
     abar_c = float(schedule.alpha_bar(config.critical_index))
     test_x0 = problem.test.repeat_interleave(config.reps, 0)
-    test_xt = _noised(test_x0, q, abar_c, gen)
+    test_xt = _noised(schedule, test_x0, q, config.critical_index, gen)
     test_bp = torch.stack([_bp(g, test_xt, abar_c, k) for k in range(config.depth + 1)])
     train_x0 = _own(problem.splits, config.train_inputs)
-    train_xt = _noised(train_x0, q, abar_c, gen)
+    train_xt = _noised(schedule, train_x0, q, config.critical_index, gen)
     abar_d = float(schedule.alpha_bar(config.decomposition_index))
-    dec_test_xt = _noised(problem.test, q, abar_d, gen)
-    dec_train_xt = _noised(train_x0, q, abar_d, gen)
+    dec_test_xt = _noised(schedule, problem.test, q, config.decomposition_index, gen)
+    dec_train_xt = _noised(schedule, train_x0, q, config.decomposition_index, gen)
     sampler = SamplerNoise.draw((config.samples, L, q), gen)
     E = len(problem.splits.counts)
     ref = torch.stack([hamming_nearest(problem.test, problem.splits.data[e, :int(problem.splits.counts[e])])
@@ -329,15 +321,16 @@ def make_probe(config: GrammarConfig, problem: Problem, schedule: DDPMSchedule) 
     bp = BeliefPropagationDenoiser(g)
     u_train_xt, u_test_xt, u_noise, bp_train, bp_test = [], [], [], [], []
     for index in config.uturn_indices:
-        abar = float(schedule.alpha_bar(index))
-        xt_tr, xt_te = _noised(u_train, q, abar, gen), _noised(u_test, q, abar, gen)
+        xt_tr, xt_te = _noised(schedule, u_train, q, index, gen), _noised(schedule, u_test, q, index, gen)
         seed = int(torch.randint(0, 2**62, (1,), generator=gen))
         u_train_xt.append(xt_tr)
         u_test_xt.append(xt_te)
         u_noise.append(seed)
         flat = xt_tr.reshape(-1, L, q).double()
-        back_tr = _tokens(bp, schedule, tuple(flat.shape), config.uturn_steps, SamplerNoise(flat, seed), index)
-        back_te = _tokens(bp, schedule, tuple(xt_te.shape), config.uturn_steps, SamplerNoise(xt_te.double(), seed), index)
+        back_tr = sample_sequences(bp, schedule, tuple(flat.shape), config.uturn_steps,
+                                   noise=SamplerNoise(flat, seed), start=index)
+        back_te = sample_sequences(bp, schedule, tuple(xt_te.shape), config.uturn_steps,
+                                   noise=SamplerNoise(xt_te.double(), seed), start=index)
         bp_train.append(uturn_overlap(back_tr.reshape(u_train.shape), u_train))
         bp_test.append(uturn_overlap(back_te, u_test))
     return Probe(test_x0, test_xt, test_bp, train_x0, train_xt, _bp(g, train_xt, abar_c),
@@ -347,7 +340,8 @@ def make_probe(config: GrammarConfig, problem: Problem, schedule: DDPMSchedule) 
 
 
 def _log_probs(model: torch.nn.Module, x_t: Tensor, index: int, chunk: int = 1000) -> Tensor:
-    """log p_theta (E, N, L, q) of x_t (E or 1, N, L, q) at step ``index``, ``chunk`` inputs at a time."""
+    """log p_theta (E, N, L, q) at step ``index`` of x_t (1, N, L, q), inputs shared by every member, or (E, N, L, q),
+    member e on its own inputs x_t[e]; ``chunk`` inputs at a time."""
     E = model.config.members
     out = []
     for start in range(0, x_t.shape[1], chunk):
@@ -376,7 +370,7 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     out["D0_units"] = d_test[:, 0].reshape(E, Nt, R).mean(-1)
     x0_onehot = torch.nn.functional.one_hot(probe.test_x0, config.q).float()
     out["ce_test"] = -(x0_onehot * logp).sum((-1, -2)).mean(-1)
-    logp_train = _own_log_probs(model, probe.train_xt, config.critical_index)
+    logp_train = _log_probs(model, probe.train_xt, config.critical_index)
     out["D0_train"] = sequence_kl(probe.train_bp, logp_train.exp()).mean(-1)
     # cross- and same-split symmetrised KL per pair and held-out sequence
     pairs = config.cross_pairs() + config.same_pairs()
@@ -388,13 +382,14 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     # loss decomposition at a fixed index, held-out and own sequences
     dec_test = loss_decomposition(_log_probs(model, probe.dec_test_xt[None], config.decomposition_index),
                                   problem.test.to(probe.dec_test_bp.device), probe.dec_test_bp)
-    dec_train = loss_decomposition(_own_log_probs(model, probe.dec_train_xt, config.decomposition_index),
+    dec_train = loss_decomposition(_log_probs(model, probe.dec_train_xt, config.decomposition_index),
                                    probe.train_x0, probe.dec_train_bp)
     out["decomposition"] = torch.stack([torch.stack([d[k].mean(-1) for k in ("l", "l_star", "l_tilde")], -1)
                                         for d in (dec_test, dec_train)], 1)  # (E, 2, 3)
     out["l_tilde_test_se"] = dec_test["l_tilde"].std(-1) / math.sqrt(dec_test["l_tilde"].shape[-1])
     # samples of the coupled sampler
-    tokens = _tokens(model, schedule, (E, config.samples, L, config.q), config.sample_steps, probe.sampler)
+    tokens = sample_sequences(model, schedule, (E, config.samples, L, config.q), config.sample_steps,
+                              noise=probe.sampler)
     own = [problem.splits.data[e, :int(problem.splits.counts[e])].to(tokens.device) for e in range(E)]
     nearest = torch.stack([hamming_nearest(tokens[e], own[e]) for e in range(E)])  # (E, samples)
     out["grammatical"] = problem.grammar.is_grammatical(tokens.reshape(-1, L)).reshape(E, -1).double().mean(-1)
@@ -406,10 +401,10 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     ratios = []
     for j, index in enumerate(config.uturn_indices):
         seed = probe.uturn_noise[j]
-        back_tr = _tokens(model, schedule, tuple(probe.uturn_train_xt[j].shape), config.uturn_steps,
-                          SamplerNoise(probe.uturn_train_xt[j], seed), index)
-        back_te = _tokens(model, schedule, (E, *probe.uturn_test_xt[j].shape), config.uturn_steps,
-                          SamplerNoise(probe.uturn_test_xt[j], seed), index)
+        back_tr = sample_sequences(model, schedule, tuple(probe.uturn_train_xt[j].shape), config.uturn_steps,
+                                   noise=SamplerNoise(probe.uturn_train_xt[j], seed), start=index)
+        back_te = sample_sequences(model, schedule, (E, *probe.uturn_test_xt[j].shape), config.uturn_steps,
+                                   noise=SamplerNoise(probe.uturn_test_xt[j], seed), start=index)
         r_train, _ = uturn_ratio(uturn_overlap(back_tr, probe.uturn_train_x0), probe.uturn_bp_train[..., j])
         r_test, _ = uturn_ratio(uturn_overlap(back_te, probe.uturn_test_x0), probe.uturn_bp_test[..., j])
         ratios.append(torch.stack([r_train, r_test], -1))
@@ -417,11 +412,6 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     model.train()
     return {k: v.double().cpu() for k, v in out.items()}
 
-
-def _own_log_probs(model: torch.nn.Module, x_t: Tensor, index: int, chunk: int = 1000) -> Tensor:
-    """log p_theta (E, R, L, q) of member e on its own inputs x_t[e] (E, R, L, q)."""
-    out = [torch.log_softmax(model.logits(x_t[:, s:s + chunk], index), -1) for s in range(0, x_t.shape[1], chunk)]
-    return torch.cat(out, 1)
 
 
 # ============================================================================================ running
@@ -558,8 +548,9 @@ def _bp_reference(config: GrammarConfig, problem: Problem, probe: Probe, schedul
     g, L = problem.grammar, config.length
     x0 = torch.nn.functional.one_hot(probe.test_x0, config.q).float()
     bp_ce = float(-(x0 * probe.test_bp[0].clamp_min(1e-30).log()).sum((-1, -2)).mean())
-    tokens = _tokens(BeliefPropagationDenoiser(g), schedule, (config.samples, L, config.q), config.sample_steps,
-                     SamplerNoise(probe.sampler.initial.double(), probe.sampler.step_seed))
+    tokens = sample_sequences(BeliefPropagationDenoiser(g), schedule, (config.samples, L, config.q),
+                              config.sample_steps, noise=SamplerNoise(probe.sampler.initial.double(),
+                                                                      probe.sampler.step_seed))
     levels = np.unique(np.rint(np.geomspace(1, config.T, config.kl_levels)).astype(int)).tolist()
     curves = factorisation_kl(g, schedule, list(range(1, config.depth + 1)), levels, config.kl_sequences,
                               torch.Generator().manual_seed(config.data_seed + 23))
