@@ -356,7 +356,7 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     """Every measurement of one checkpoint (module docstring), each a function of :mod:`easyhard.metrics.sequences`
     applied with a leading member axis; shapes in :func:`record_shapes`."""
     from easyhard.metrics.sequences import (distance_histogram, exact_copies, hamming_nearest, loss_decomposition,
-                                            nn_divergence, sequence_kl, symmetric_kl, uturn_overlap,
+                                            nn_divergence, pairwise_kl, sequence_kl, uturn_overlap,
                                             uturn_ratio)
 
     model.eval()
@@ -377,7 +377,7 @@ def evaluate(model: torch.nn.Module, config: GrammarConfig, problem: Problem, pr
     pair_kl = []
     for group in range(S * N):
         base = group * M
-        pair_kl.append(torch.stack([symmetric_kl(p[base + a], p[base + b]).reshape(Nt, R).mean(-1) for a, b in pairs]))
+        pair_kl.append(pairwise_kl(p[base:base + M], pairs).reshape(len(pairs), Nt, R).mean(-1))
     out["pair_kl"] = torch.stack(pair_kl).reshape(S, N, len(pairs), Nt)
     # loss decomposition at a fixed index, held-out and own sequences
     dec_test = loss_decomposition(_log_probs(model, probe.dec_test_xt[None], config.decomposition_index),

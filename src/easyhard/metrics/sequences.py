@@ -93,13 +93,8 @@ def pairwise_kl(probs: Tensor, pairs: list[tuple[int, int]], symmetric: bool = T
     for pair in pairs:
         if len(pair) != 2 or not all(isinstance(m, int) and 0 <= m < members for m in pair):
             raise ConfigError(f"pairs must hold pairs (a, b) of members in [0, {members - 1}] (got {pair!r})")
-    clip = check_open_unit("clip", clip)
-    p_c, log_p = _clipped_log(probs, clip)  # (E, N, L, q) each
-    if symmetric:
-        rows = [0.5 * ((p_c[a] - p_c[b]) * (log_p[a] - log_p[b])).sum((-2, -1)) for a, b in pairs]
-    else:
-        rows = [(p_c[a] * (log_p[a] - log_p[b])).sum((-2, -1)) for a, b in pairs]
-    return torch.stack(rows)
+    kl = symmetric_kl if symmetric else sequence_kl
+    return torch.stack([kl(probs[a], probs[b], clip) for a, b in pairs])
 
 
 def _tokens(name: str, x: Tensor, q: int | None = None) -> Tensor:
