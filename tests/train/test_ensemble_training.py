@@ -67,3 +67,17 @@ def test_tiled_batches_hold_every_point_equally_often():
     x0 = splits.draw(36, torch.Generator(), mode="tile")
     for e, n in enumerate((4, 9)):
         torch.testing.assert_close(x0[e], splits.member(e).repeat(36 // n, 1), rtol=0, atol=0)
+
+
+def test_tiled_batches_continue_across_steps_when_the_split_does_not_divide_the_batch():
+    """n = 9 and batch 6: the cursor continues, so steps 0-2 (lcm 18 = 3 batches) hold each point exactly twice,
+    in order; n = 4 is not divisible either (6 mod 4 = 2) and cycles over 2 steps (lcm 12)."""
+    splits, _, _ = _setup()
+    steps = [splits.draw(6, torch.Generator(), mode="tile", step=s) for s in range(6)]
+    for e, n in enumerate((4, 9)):
+        member = splits.member(e)
+        drawn = torch.cat([x[e] for x in steps])  # (36, 3): points 0, 1, 2, ... in order, 36 / n times each
+        torch.testing.assert_close(drawn, member.repeat(36 // n, 1), rtol=0, atol=0)
+    # a large step gives the same batch as its residue: no overflow of the cursor
+    torch.testing.assert_close(splits.draw(6, torch.Generator(), "tile", step=3 + 36 * 10**12)[1], steps[3][1],
+                               rtol=0, atol=0)

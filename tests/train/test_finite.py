@@ -68,7 +68,7 @@ def _ensemble_run(out, stop_at=None, resume=False):
         if step == stop_at:
             raise _Stop
 
-    draw = lambda gen: data[:, torch.randint(0, 6, (4,), generator=gen)]  # noqa: E731
+    draw = lambda gen, step: data[:, torch.randint(0, 6, (4,), generator=gen)]  # noqa: E731
     result = train_loop(model, draw, DDPMSchedule(T=20), loop, out, resume, measure)
     return model, measured, result
 
@@ -135,7 +135,7 @@ def _scheduled_run(out, stop_at=None, resume=False):
         if step == stop_at:
             raise _Stop
 
-    train_loop(model, lambda gen: data[:, torch.randint(0, 6, (4,), generator=gen)], DDPMSchedule(T=20), loop, out,
+    train_loop(model, lambda gen, step: data[:, torch.randint(0, 6, (4,), generator=gen)], DDPMSchedule(T=20), loop, out,
                resume, measure)
     return model, loop
 

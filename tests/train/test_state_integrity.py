@@ -41,7 +41,7 @@ def _run(out, resume=False, stop_at=None) -> EnsembleMLP:
         if step == stop_at:
             raise _Stop
 
-    draw = lambda gen: data[:, torch.randint(0, 6, (4,), generator=gen)]  # noqa: E731
+    draw = lambda gen, step: data[:, torch.randint(0, 6, (4,), generator=gen)]  # noqa: E731
     train_loop(model, draw, DDPMSchedule(T=20), LOOP, out, resume, measure)
     return model
 

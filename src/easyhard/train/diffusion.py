@@ -107,7 +107,7 @@ def train_diffusion(model: nn.Module, data: torch.Tensor, schedule: DDPMSchedule
     dev = torch.device(config.device)
     data = data.to(dev)
 
-    def draw(gen: torch.Generator) -> torch.Tensor:
+    def draw(gen: torch.Generator, step: int) -> torch.Tensor:
         """``batch_size`` points drawn uniformly with replacement: (batch_size, ...)."""
         return data[torch.randint(0, len(data), (config.batch_size,), generator=gen, device=dev)]
 

@@ -114,12 +114,16 @@ class Splits:
         """Member e's training set (n_e, d)."""
         return self.data[e, :int(self.counts[e])]
 
-    def draw(self, batch_size: int, generator: torch.Generator, mode: str = "random") -> Tensor:
+    def draw(self, batch_size: int, generator: torch.Generator, mode: str = "random", step: int = 0) -> Tensor:
         """x0 (E, batch_size, d) from each member's own split: ``mode="random"``, points drawn uniformly with
-        replacement; ``mode="tile"``, the split repeated in order (point b mod n_e), so every point appears
-        batch_size / n_e times per step (full-batch updates when n_e divides batch_size)."""
+        replacement; ``mode="tile"``, the split repeated in order and continued across steps (point
+        (step * batch_size + b) mod n_e), so every point appears batch_size / n_e times per step on average and
+        exactly lcm(batch_size, n_e) / n_e times in every lcm(batch_size, n_e) / batch_size consecutive steps.
+        When n_e divides batch_size every step is the same full-batch update (point b mod n_e)."""
         if mode == "tile":
-            idx = torch.arange(batch_size, device=self.data.device)[None, :] % self.counts.to(self.data.device)[:, None]
+            counts = self.counts.to(self.data.device)[:, None]
+            start = (step * batch_size) % counts  # (E, 1): the cursor, reduced before adding to stay small
+            idx = (start + torch.arange(batch_size, device=self.data.device)[None, :]) % counts
         else:
             u = torch.rand((len(self.counts), batch_size), generator=generator, device=self.data.device)
             idx = (u * self.counts.to(u.device)[:, None]).long()
@@ -149,7 +153,7 @@ def train_ensemble(model: nn.Module, splits: Splits, schedule: DDPMSchedule, con
         finally:
             net.train()
 
-    result = train_loop(model, lambda gen: splits.draw(config.batch_size, gen, config.batches), schedule,
+    result = train_loop(model, lambda gen, step: splits.draw(config.batch_size, gen, config.batches, step), schedule,
                         config.loop(splits.data.device), out_dir, resume, None if on_checkpoint is None else measure,
                         progress, loss)
     return result.train_loss

@@ -383,11 +383,12 @@ def check_state(state_path: Path, model: nn.Module, loop: LoopConfig) -> int:
     return meta["step"]
 
 
-def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], schedule: DDPMSchedule,
+def train_loop(model: nn.Module, draw: Callable[[torch.Generator, int], Tensor], schedule: DDPMSchedule,
                loop: LoopConfig, out_dir: str | Path, resume: bool = False,
                on_checkpoint: Callable[[int, nn.Module, nn.Module | None], None] | None = None,
                progress: Callable[[int], None] | None = None, loss: Loss = denoising_loss) -> TrainResult:
-    """Train ``model`` on the mini-batches ``draw(generator)`` (x0 on ``loop.device``) by minimising the sum over
+    """Train ``model`` on the mini-batches ``draw(generator, step)`` (x0 on ``loop.device``; ``step`` counts from 0)
+    by minimising the sum over
     members of ``loss(model, x0, schedule, generator, loop.member_axis)`` (per-member losses (E,) or a scalar;
     default :func:`denoising_loss`, for ``model(x_t, i, schedule) -> eps_hat``; :func:`sequence_loss` for
     token sequences) and write checkpoints to ``out_dir`` (module docstring).
@@ -445,7 +446,7 @@ def train_loop(model: nn.Module, draw: Callable[[torch.Generator], Tensor], sche
     model.train()
     for target in [c for c in loop.checkpoints if c > step]:
         while step < target:
-            x0 = draw(gen)
+            x0 = draw(gen, step)
             with autocast:
                 per_member = loss(step_fn, x0, schedule, gen, loop.member_axis)
             total = per_member.sum()
