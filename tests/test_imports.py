@@ -2,7 +2,7 @@
 
 Layers, lowest first (see ``LAYERS``; each imports only layers below it, function-level imports included;
 ``_validate``, ``_quadrature`` and ``_io`` are the base every layer may use): data and activations ->
-diffusion -> oracles -> theory -> models -> train -> metrics -> report -> experiments -> runs -> cli.
+diffusion -> oracles -> theory -> models -> train -> metrics -> report -> monitor -> experiments -> runs -> cli.
 """
 
 from __future__ import annotations
@@ -187,6 +187,7 @@ LAYERS = [
     ("easyhard.train",),
     ("easyhard.metrics",),
     ("easyhard.report",),
+    ("easyhard.monitor",),
     ("easyhard.experiments",),
     ("easyhard.runs",),
     ("easyhard.cli",),

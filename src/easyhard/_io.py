@@ -17,7 +17,10 @@ import hashlib
 import json
 import math
 import os
+import platform
+import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +204,17 @@ def load_tensors(path: str | Path, hint: str = "delete it to start over") -> tup
     if not isinstance(tensors, dict) or not isinstance(meta, dict) or _tensor_digest(meta_text, tensors) != checksum:
         raise CorruptedFile(path, "checksum mismatch", hint)
     return tensors, meta
+
+
+def environment_info() -> dict:
+    """Package versions, Python, platform and compute device, recorded with every run."""
+    import torch
+
+    packages = {}
+    for name in ("easyhard", "torch", "numpy", "scipy", "click", "matplotlib"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": packages, "device": device}

@@ -247,7 +247,11 @@ def test_eps_loss_closed_form_member_axis_and_the_per_level_loss():
     x0 = torch.randn(40, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     levels = [5, 400]
     per_level = M.eps_loss_per_level(lambda x, i: 0.5 * x, x0, schedule, levels, seed=3)
+    per_point = M.eps_loss_per_point(lambda x, i: 0.5 * x, x0, schedule, levels, seed=3, batch_size=7)
+    assert per_point.shape == (2, 40) and per_point.dtype == torch.float64
     for j, i in enumerate(levels):
         a, s = schedule.coefficients(i)
         noise = M.fixed_noise(40, 4, i, 3)
-        assert float(per_level[j]) == float(M.eps_loss(0.5 * (a * x0 + s * noise), noise))
+        pred = 0.5 * (a * x0 + s * noise)
+        assert float(per_level[j]) == pytest.approx(float(M.eps_loss(pred, noise)), rel=1e-14)
+        torch.testing.assert_close(per_point[j], ((pred - noise) ** 2).mean(1), rtol=1e-14, atol=0)

@@ -13,13 +13,13 @@ __all__ = ["BootstrapMean", "ScalingFit", "aligned_fraction", "bootstrap_mean", 
            "percentile_interval", "sustained_recovery"]
 from easyhard.metrics.images import (
     GAUSSIAN_SPARSITY, EmergenceFit, Moments, convergence_step, covariance_error, emergence_law, emergence_steps,
-    eps_loss, eps_loss_per_level, excess_kurtosis, fixed_noise, gaussian_mmse_eps, ica_filters, kurtosis_error,
-    mean_error, mode_variance_ratios, mode_variances, moments, sampling_floor, skewness, skewness_error, sparsity_error,
+    eps_loss, eps_loss_per_level, eps_loss_per_point, excess_kurtosis, fixed_noise, gaussian_mmse_eps, ica_filters,
+    kurtosis_error, mean_error, mode_variance_ratios, mode_variances, moments, sampling_floor, skewness, skewness_error, sparsity_error,
     sparsity_ratio, whitened_mode_error, wiener_distance)
 
 __all__ += ["GAUSSIAN_SPARSITY", "EmergenceFit", "Moments", "convergence_step", "covariance_error", "emergence_law",
-            "emergence_steps", "eps_loss", "eps_loss_per_level", "excess_kurtosis", "fixed_noise", "gaussian_mmse_eps",
-            "ica_filters", "kurtosis_error", "mean_error", "mode_variance_ratios", "mode_variances", "moments",
+            "emergence_steps", "eps_loss", "eps_loss_per_level", "eps_loss_per_point", "excess_kurtosis", "fixed_noise",
+            "gaussian_mmse_eps", "ica_filters", "kurtosis_error", "mean_error", "mode_variance_ratios", "mode_variances", "moments",
             "sampling_floor", "skewness", "skewness_error", "sparsity_error", "sparsity_ratio",
             "whitened_mode_error", "wiener_distance"]
 from easyhard.metrics.memorization import (  # noqa: E402

@@ -125,23 +125,32 @@ def eps_loss(eps_hat: Tensor, eps: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def eps_loss_per_level(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSchedule, indices: Sequence[int],
+def eps_loss_per_point(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSchedule, indices: Sequence[int],
                        seed: int = 0, batch_size: int = 4096) -> Tensor:
-    """Mean eps-MSE per pixel, L(i) = E_mu (1/d) ||eps_hat(x_i, i) - eps||^2, for each i in ``indices``.
+    """eps-MSE per pixel of every point at every level, l_mu(i) = (1/d) ||eps_hat(x_i, i) - eps_mu||^2, float64
+    (len(indices), n): the per-point terms of :func:`eps_loss_per_level` (their mean over points), for standard
+    errors and paired comparisons across checkpoints (the noise is the same for the same seed).
 
     predict_eps: a Denoiser (read in eps space at ``NoiseLevel.at_index(schedule, i)``) or a callable
     f(x_t, i) -> eps_hat; x_t (B, ...) shaped and typed like x0, eps_hat with B * d elements.
-    x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps with eps = :func:`fixed_noise` (n, d, i, seed); the loss of
-    each level is :func:`eps_loss`. Returns float64 (len(indices),).
+    x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps with eps = :func:`fixed_noise` (n, d, i, seed).
     """
     check_int_at_least("batch_size", batch_size, 1)
     denoiser = as_denoiser(predict_eps)
     out = []
     for i in _check_indices(indices):
-        eps_hat, eps = zip(*[(_predict(denoiser, x_model, schedule, i), e)
-                             for x_model, _, e in _noisy_batches(x0, schedule, i, seed, batch_size)])
-        out.append(float(eps_loss(torch.cat(eps_hat), torch.cat(eps))))
-    return torch.tensor(out, dtype=torch.float64)
+        per_batch = [((_predict(denoiser, x_model, schedule, i) - e) ** 2).mean(1)
+                     for x_model, _, e in _noisy_batches(x0, schedule, i, seed, batch_size)]
+        out.append(torch.cat(per_batch).cpu())
+    return torch.stack(out)
+
+
+def eps_loss_per_level(predict_eps: EpsPredictor, x0: Tensor, schedule: DDPMSchedule, indices: Sequence[int],
+                       seed: int = 0, batch_size: int = 4096) -> Tensor:
+    """Mean eps-MSE per pixel, L(i) = E_mu (1/d) ||eps_hat(x_i, i) - eps||^2, for each i in ``indices``: the mean
+    over points of :func:`eps_loss_per_point` (same arguments). Returns float64 (len(indices),).
+    """
+    return eps_loss_per_point(predict_eps, x0, schedule, indices, seed, batch_size).mean(1)
 
 
 @torch.no_grad()
