@@ -73,3 +73,18 @@ def test_km_quantile_refuses_nan_times():
     """A NaN time is not a censored run (NaN >= 0 is False): it is refused instead of read as 'never'."""
     with pytest.raises(ConfigError, match="times must not hold NaN"):
         km_quantile(np.array([1.0, np.nan, 3.0]), 0.5)
+
+
+def test_bootstrap_scaling_predicts_a_larger_size_with_an_interval():
+    """Exact power law tau = 3 d^1.5: the prediction at d = 256 is 3 * 256^1.5 (a point interval); with spread
+    runs the interval covers the law's median there and widens."""
+    exact = {d: np.full(5, 3.0 * d**1.5) for d in (16, 32, 64)}
+    fit = bootstrap_scaling(exact, n_boot=50, predict=[256])
+    size, value, lo, hi = fit.predictions[0]
+    assert size == 256 and value == pytest.approx(3 * 256**1.5, rel=1e-9)
+    assert lo == pytest.approx(value, rel=1e-9) and hi == pytest.approx(value, rel=1e-9)
+    rng = np.random.default_rng(0)
+    spread = {d: 3.0 * d**1.5 * rng.lognormal(0.0, 0.3, size=41) for d in (16, 32, 64)}
+    fit = bootstrap_scaling(spread, n_boot=300, predict=[256])
+    _, value, lo, hi = fit.predictions[0]
+    assert lo < 3 * 256**1.5 < hi and lo < value < hi and hi / lo > 1.1

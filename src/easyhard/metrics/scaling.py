@@ -12,7 +12,7 @@ resampled with replacement within each d, medians and fit recomputed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -84,7 +84,9 @@ class ScalingFit:
     """A fitted exponent with its bootstrap interval.
 
     medians and median intervals are per d (same order as ``dims``); ``failed`` counts bootstrap
-    replicates in which some median was not reached (dropped from the interval).
+    replicates in which some median was not reached (dropped from the interval). ``predictions``: for each size
+    asked for, (size, C size^kappa [log size], lower, upper) with the percentile interval of the bootstrap fits'
+    predictions.
     """
 
     dims: tuple[int, ...]
@@ -97,6 +99,7 @@ class ScalingFit:
     log_factor: bool
     n_boot: int
     failed: int
+    predictions: tuple[tuple[float, float, float, float], ...] = ()
 
     def predict(self, d) -> np.ndarray:
         d = np.asarray(d, dtype=float)
@@ -107,10 +110,12 @@ class ScalingFit:
 
 
 def bootstrap_scaling(times_by_d: Mapping[int, np.ndarray], log_factor: bool = False, n_boot: int = 1000,
-                      level: float = 0.95, seed: int = 0) -> ScalingFit:
+                      level: float = 0.95, seed: int = 0, predict: Sequence[float] = ()) -> ScalingFit:
     """Fit tau_med(d) = C d^kappa [log d] to censored recovery times with a bootstrap interval over runs.
 
-    times_by_d: {d: (n_d,) recovery steps, -1 for runs that never recovered}.
+    times_by_d: {d: (n_d,) recovery steps, -1 for runs that never recovered}. ``predict``: sizes at which to
+    extrapolate tau_med, each with the percentile interval of the bootstrap fits' predictions (with one run per
+    size the runs cannot be resampled and the interval is the point).
     """
     check_int_at_least("n_boot", n_boot, 10)
     check_level(level)
@@ -125,9 +130,15 @@ def bootstrap_scaling(times_by_d: Mapping[int, np.ndarray], log_factor: bool = F
     boot_medians = bootstrap_replicates(lambda *idx: [km_median(s[i]) for s, i in zip(samples, idx)],
                              [s.size for s in samples], n_boot, seed)  # (n_boot, n_dims), runs resampled per d
     ok = np.isfinite(boot_medians).all(1)
-    slopes = np.array([fit_power_law(np.array(dims), m, log_factor)[0] for m in boot_medians[ok]])
-    interval = tuple(float(x) for x in percentile_interval(slopes, level))
+    fits = np.array([fit_power_law(np.array(dims), m, log_factor) for m in boot_medians[ok]]).reshape(-1, 2)
+    interval = tuple(float(x) for x in percentile_interval(fits[:, 0], level))
+    predictions = []
+    for size in predict:
+        factor = np.log(size) if log_factor else 1.0
+        boot = fits[:, 1] * float(size) ** fits[:, 0] * factor
+        lo, hi = percentile_interval(boot, level)
+        predictions.append((float(size), float(prefactor * float(size) ** kappa * factor), float(lo), float(hi)))
     med_int = tuple(tuple(float(x) for x in col) for col in percentile_interval(boot_medians[ok], level).T)
     frac = tuple(float((s >= 0).mean()) for s in samples)
     return ScalingFit(dims, tuple(float(m) for m in medians), med_int, frac, kappa, prefactor, interval, log_factor,
-                      n_boot, int((~ok).sum()))
+                      n_boot, int((~ok).sum()), tuple(predictions))

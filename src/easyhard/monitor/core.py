@@ -330,7 +330,7 @@ class Monitor:
 
         return {"config": _config_dict(self.config), "schedule": asdict(self.schedule), "levels": self.levels,
                 "train": digest(self.train), "test": digest(self.test), "twin_train": digest(self.twin_train),
-                "shape": list(self.train.shape[1:])}
+                "shape": list(self.train.shape[1:]), "n_train": len(self.train), "n_test": len(self.test)}
 
     # ------------------------------------------------------------------------------------------ the folder
     def _open(self) -> None:
