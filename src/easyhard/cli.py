@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -488,6 +490,81 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
     paths = write_diagnosis(out_dir, result, command, environment_info())
     click.echo("\n".join(summarize_diagnose(result)))
     click.echo(f"report: {paths['report']} (wrote {len(paths)} files in {time.perf_counter() - start:.1f} s)")
+
+
+@cli.command()
+@click.option("--checkpoints", "checkpoints_dir", required=True,
+              help="folder of saved checkpoints: diffusers save_pretrained folders, .safetensors or state dicts")
+@click.option("--train", "train_dir", required=True, help="folder of the training data (images, .npy or .pt)")
+@click.option("--test", "test_dir", required=True, help="folder of held-out data of the same law and scale")
+@click.option("--out", "out_dir", required=True, help="output folder: monitor.jsonl, report.md, monitor.png")
+@click.option("--twin-checkpoints", "twin_dir", default=None, help="checkpoints of a twin trained on a disjoint split")
+@click.option("--twin-train", "twin_train_dir", default=None, help="folder of the twin's training split")
+@click.option("--samples", type=int, default=256, show_default=True, help="samples per checkpoint for f_mem (>= 3)")
+@click.option("--sampler-steps", type=int, default=40, show_default=True, help="DDIM steps per sample (>= 1)")
+@click.option("--levels", "n_levels", type=int, default=10, show_default=True, help="noise levels of the losses")
+@click.option("--memorising-level", type=float, default=0.05, show_default=True,
+              help="status memorising when f_mem's lower bound exceeds this, in (0, 1)")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="bootstrap resamples (>= 10)")
+def monitor(checkpoints_dir, train_dir, test_dir, out_dir, twin_dir, twin_train_dir, samples, sampler_steps, n_levels,
+            memorising_level, n_boot):
+    """Generalisation and memorisation over saved checkpoints, in step order (the monitor's offline mode).
+
+    Writes the same records, report and figure as a monitor attached to training; a folder with records
+    continues after its last step.
+    """
+    from easyhard._validate import check_out_dir
+    from easyhard.data.folders import load_tensor_folder
+    from easyhard.monitor import MonitorConfig
+    from easyhard.monitor.offline import monitor_checkpoints
+
+    start = time.perf_counter()
+    check_out_dir("--out", out_dir)
+    values = {"samples": samples, "sampler_steps": sampler_steps, "n_levels": n_levels,
+              "memorising_level": memorising_level, "n_boot": n_boot}
+    with _option_errors(list(values)):
+        config = MonitorConfig(**values)
+    if (twin_dir is None) != (twin_train_dir is None):
+        raise ConfigError("--twin-checkpoints and --twin-train must be given together")
+    train, test = load_tensor_folder(train_dir, "--train"), load_tensor_folder(test_dir, "--test")
+    twin_train = None if twin_train_dir is None else load_tensor_folder(twin_train_dir, "--twin-train")
+
+    def show(record: dict) -> None:
+        if "error" in record:
+            click.echo(f"step {record['step']}: error: {record['error']}", err=True)
+            return
+        f = record["f_mem"]["1/3"] if "1/3" in record["f_mem"] else next(iter(record["f_mem"].values()))
+        click.echo(f"step {record['step']}: {record['status']} (held-out loss {record['test_loss_mean']:.4f}, "
+                   f"f_mem {f['value']:.3f} [{f['interval'][0]:.3f}, {f['interval'][1]:.3f}])", err=True)
+
+    records = monitor_checkpoints(checkpoints_dir, train, test, out_dir, twin_checkpoints=twin_dir,
+                                  twin_train=twin_train, config=config, progress=show)
+    last = next((r for r in reversed(records) if "error" not in r), None)
+    if last is not None:
+        best = last["recommended"]
+        click.echo(f"status at step {last['step']}: {last['status']}; recommended checkpoint: step "
+                   f"{best['held_out_loss_min']} (held-out loss minimum)"
+                   + (f", step {best['split_similarity_peak']} (twin similarity peak)"
+                      if best.get("split_similarity_peak") is not None else ""))
+    click.echo(f"report: {Path(out_dir) / 'report.md'} ({len(records)} records, {time.perf_counter() - start:.1f} s)")
+
+
+@cli.command("monitor-summary")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--predict", type=float, default=None, help="training-set size to predict the onset at [2 x largest n]")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def monitor_summary(runs, predict, as_json):
+    """Memorisation onset against the training-set size over monitored runs (folders written by the monitor).
+
+    Kaplan-Meier medians per n (runs that never memorise are censored), a power law over n with a bootstrap
+    interval, and the predicted onset step for a larger n.
+    """
+    from easyhard.monitor.summary import summarize, summary_lines
+
+    if predict is not None and not (math.isfinite(predict) and predict > 0):
+        raise ConfigError(f"--predict must be a positive training-set size (got {predict})")
+    summary = summarize(runs, predict)
+    click.echo(json.dumps(summary, indent=1) if as_json else "\n".join(summary_lines(summary)))
 
 
 def _command_name(argv: list[str]) -> str:
