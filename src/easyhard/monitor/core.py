@@ -265,8 +265,9 @@ class Monitor:
     denoiser: any :class:`~easyhard.diffusion.Denoiser` or callable ``f(x_t, i) -> eps_hat`` (adapters in
     :mod:`easyhard.monitor.adapters`); ``schedule`` its DDPM schedule (default: ``denoiser.schedule``).
     twin, twin_train: optionally a denoiser trained on a disjoint split, and that split. ``update(step)`` measures,
-    appends one record to ``monitor.jsonl`` and rebuilds ``report.md`` and ``monitor.png``; calling the monitor is
-    the same (a training callback). A folder with records of the same monitor (same config and data) is continued:
+    appends one record to ``monitor.jsonl`` and rebuilds ``report.md`` (``report=True``) and, at most every
+    ``figure_seconds`` of wall time (drawing costs about a second), ``monitor.png``; :meth:`close` (or
+    :meth:`write_report`) draws it in any case. Calling the monitor is the same as ``update`` (a training callback). A folder with records of the same monitor (same config and data) is continued:
     steps at or before the last recorded one are skipped. ``strict=False``: an error inside an update is recorded
     and returned instead of raised. ``device``: where data and noise live (default: the data's device).
     """
@@ -274,7 +275,8 @@ class Monitor:
     def __init__(self, denoiser: Denoiser | Callable, train: Tensor, test: Tensor, out_dir: str | Path,
                  schedule: DDPMSchedule | None = None, *, twin: Denoiser | Callable | None = None,
                  twin_train: Tensor | None = None, config: MonitorConfig | None = None, strict: bool = True,
-                 report: bool = True, device: str | torch.device | None = None) -> None:
+                 report: bool = True, figure_seconds: float = 60.0,
+                 device: str | torch.device | None = None) -> None:
         self.config = config or MonitorConfig()
         self.schedule = schedule if schedule is not None else getattr(denoiser, "schedule", None)
         if not isinstance(self.schedule, DDPMSchedule):
@@ -292,6 +294,7 @@ class Monitor:
             check_same_scale(self.train, self.twin_train)
         self.levels = self.config.loss_levels(self.schedule)
         self.strict, self.report = bool(strict), bool(report)
+        self.figure_seconds, self._drawn = float(figure_seconds), -math.inf
         example = self.test[:2]
         check_output(self.denoiser, example, self.schedule)
         if self.twin is not None:
@@ -410,14 +413,20 @@ class Monitor:
             self._save_state()
         atomic_write_text(self.out / RECORDS, text)
         if self.report:
-            self.write_report()
+            self.write_report(figure=time.monotonic() - self._drawn >= self.figure_seconds)
 
-    def write_report(self) -> None:
-        """Rebuild ``report.md`` and ``monitor.png`` from the records."""
+    def write_report(self, figure: bool = True) -> None:
+        """Rebuild ``report.md`` and (``figure``) ``monitor.png`` from the records."""
         from easyhard.report.monitor import monitor_markdown, plot_monitor
 
-        plot_monitor(self.records, self.out / "monitor.png")
+        if figure:
+            plot_monitor(self.records, self.out / "monitor.png")
+            self._drawn = time.monotonic()
         atomic_write_text(self.out / "report.md", monitor_markdown(self.records, _config_dict(self.config)))
+
+    def close(self) -> None:
+        """Draw the figure and rebuild the report from every record (call once training ends)."""
+        self.write_report(figure=True)
 
     @torch.no_grad()
     def _measure(self, step: int) -> dict:

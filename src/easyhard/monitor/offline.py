@@ -66,4 +66,5 @@ def monitor_checkpoints(checkpoints: str | Path, train: Tensor, test: Tensor, ou
         record = monitor.update(checkpoint.step)
         if progress is not None:
             progress(record)
+    monitor.close()
     return monitor.records
