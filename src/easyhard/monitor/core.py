@@ -44,6 +44,7 @@ from easyhard.metrics.memorization import (copies_from_distances, denoiser_simil
                                            nearest_neighbours, nearest_similarity, paired_similarity,
                                            threshold_label)
 from easyhard.metrics.quality import knn_divergence
+from easyhard.monitor.adapters import AdaptedDenoiser, check_output
 
 STATUSES = ("generalising", "biased", "overfitting", "memorising")
 RECORDS = "monitor.jsonl"
@@ -167,19 +168,6 @@ def check_same_scale(train: Tensor, test: Tensor, factor: float = 3.0) -> None:
                           f"{float(test.mean()):.3g}, std {s_train:.3g} and {s_test:.3g}): use one normalisation")
 
 
-def check_output(denoiser: Denoiser, example: Tensor, schedule: DDPMSchedule, name: str = "model") -> None:
-    """ConfigError if the denoiser's output on ``example`` (B, ...) at a middle level is not shaped like its input
-    or is not finite."""
-    i = schedule.index_base + schedule.T // 2
-    with torch.no_grad():
-        out = denoiser(example, NoiseLevel.at_index(schedule, i))
-    if not isinstance(out, Tensor) or out.shape != example.shape:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ConfigError(f"{name} output shape {shape} differs from the data shape {tuple(example.shape)}")
-    if not bool(torch.isfinite(out).all()):
-        raise ConfigError(f"the {name} returned NaN or inf at step {i}")
-
-
 # ============================================================================================ paired tracking
 @dataclass
 class Extremum:
@@ -285,8 +273,8 @@ class Monitor:
         check_same_scale(self.train, self.test)
         self.device = torch.device(device) if device is not None else self.train.device
         self.train, self.test = self.train.to(self.device), self.test.to(self.device)
-        self.denoiser = as_denoiser(denoiser)
-        self.twin = None if twin is None else as_denoiser(twin)
+        self.denoiser = _scheduled(denoiser, self.schedule)
+        self.twin = None if twin is None else _scheduled(twin, self.schedule)
         if (twin is None) != (twin_train is None):
             raise ConfigError("twin and twin_train must be given together (a twin model and its disjoint split)")
         self.twin_train = None if twin_train is None else check_data("twin_train", twin_train).to(self.device)
@@ -295,10 +283,9 @@ class Monitor:
         self.levels = self.config.loss_levels(self.schedule)
         self.strict, self.report = bool(strict), bool(report)
         self.figure_seconds, self._drawn = float(figure_seconds), -math.inf
-        example = self.test[:2]
-        check_output(self.denoiser, example, self.schedule)
-        if self.twin is not None:
-            check_output(self.twin, example, self.schedule, "twin")
+        for model in (self.denoiser, self.twin):
+            if model is not None:
+                check_output(model, self.test, batch=2)
         self._inputs()
         self.out = Path(out_dir)
         self.records: list[dict] = []
@@ -523,6 +510,15 @@ class Monitor:
 
 
 # ============================================================================================ helpers
+def _scheduled(denoiser: Denoiser | Callable, schedule: DDPMSchedule) -> Denoiser:
+    """The denoiser with a ``schedule`` attribute: an adapter as it is, anything else wrapped
+    (:class:`~easyhard.monitor.adapters.AdaptedDenoiser` around :func:`~easyhard.diffusion.as_denoiser`)."""
+    if isinstance(getattr(denoiser, "schedule", None), DDPMSchedule):
+        return denoiser
+    plain = as_denoiser(denoiser)
+    return AdaptedDenoiser(plain, plain.prediction, schedule, ensemble=getattr(plain, "ensemble", False))
+
+
 def _to(noise: SamplerNoise, device: torch.device) -> SamplerNoise:
     return SamplerNoise(noise.initial.to(device), noise.step_seed)
 
