@@ -13,7 +13,9 @@ Checks (each isolated: a failure is reported and the next check runs):
    ``torch.compile``, images/s against the diffusers-style reference loop (benchmarks/image_training.py).
 4. ``reproduce_memorization`` and ``reproduce_scaling``: ``easyhard reproduce NAME --profile smoke --device
    cuda`` end to end (exit code 0, results.json written, device recorded).
-5. ``online_sgd_rows``: the CUDA rows of benchmarks/online_sgd.py at small sizes (member-steps/s, us per step,
+5. ``monitor_cuda``: easyhard.monitor on a diffusers UNet and its twin on CUDA against the CPU (same records
+   within 1e-3).
+6. ``online_sgd_rows``: the CUDA rows of benchmarks/online_sgd.py at small sizes (member-steps/s, us per step,
    fraction of the 12-bytes-per-element traffic limit).
 
 Without CUDA it says so and exits 0. Sized to finish in well under 8 minutes on one H100.
@@ -152,6 +154,41 @@ def grammar_bp_cuda() -> dict:
             "grammatical": grammatical}
 
 
+def monitor_cuda() -> dict:
+    """The monitor of a diffusers UNet (with a twin) on CUDA against the same monitor on the CPU: losses per level,
+    f_mem and the paired similarity agree (tolerance 1e-3: different kernels, float32)."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from easyhard.monitor import Monitor, MonitorConfig
+    from easyhard.monitor.adapters import diffusers
+
+    def unet(seed):
+        torch.manual_seed(seed)
+        return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+                           layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "UpBlock2D"))
+
+    data = torch.tanh(torch.randn(600, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    scheduler = DDPMScheduler()
+    config = MonitorConfig(samples=128, pair_samples=64, n_boot=100, sampler_steps=20, pair_steps=20)
+    records = {}
+    for device in ("cpu", "cuda"):
+        nets = [unet(1).to(device), unet(2).to(device)]
+        with tempfile.TemporaryDirectory() as out:
+            monitor = Monitor(diffusers(nets[0], scheduler), data[:64].to(device), data[128:].to(device), out,
+                              twin=diffusers(nets[1], scheduler), twin_train=data[64:128].to(device), config=config,
+                              report=False)
+            records[device] = monitor.update(0)
+    a, b = records["cpu"], records["cuda"]
+    loss_error = max(abs(x - y) for x, y in zip(a["test_loss"] + a["train_loss"], b["test_loss"] + b["train_loss"]))
+    pair_error = abs(a["pair_similarity"] - b["pair_similarity"])
+    fmem_error = abs(a["f_mem"]["1/3"]["value"] - b["f_mem"]["1/3"]["value"])
+    return {"pass": loss_error < 1e-3 and pair_error < 1e-3 and fmem_error <= 2 / 128, "loss_error": loss_error,
+            "pair_error": pair_error, "fmem_error": fmem_error, "cuda_seconds": b["seconds"],
+            "cpu_seconds": a["seconds"]}
+
+
 def online_sgd_rows() -> dict:
     bench = _sibling("online_sgd")
     args = argparse.Namespace(quick=True, repeats=1, target=0.3, n_logs=40, cuda=True)
@@ -174,6 +211,7 @@ CHECKS: dict[str, Callable[[], dict]] = {
     "reproduce_scaling": reproduce_scaling,
     "reproduce_grammar": reproduce_grammar,
     "grammar_bp_cuda": grammar_bp_cuda,
+    "monitor_cuda": monitor_cuda,
     "online_sgd_rows": online_sgd_rows,
 }
 
