@@ -113,3 +113,18 @@ def test_cli_monitor_bad_input_is_one_line_with_exit_code_2(run, tmp_path, capsy
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_monitor_unknown_prediction_type_is_one_line(run, tmp_path, capsys):
+    import shutil
+
+    root = run[0]
+    shutil.copytree(root / "ckpt", tmp_path / "ckpt")
+    config_path = tmp_path / "ckpt" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "prediction_type": "flow"}))
+    args = ["monitor", "--checkpoints", str(tmp_path / "ckpt"), "--train", str(root / "train"), "--test",
+            str(root / "test"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "prediction_type" in err and "flow" in err and err.count("\n") == 1
