@@ -2,15 +2,17 @@
 
 Pure functions on tensors (n, ...) flattened to (n, d). Nearest neighbours are found block by block
 (samples x training chunks, a running top-k), so 1e4 samples against 1e5 training vectors of dimension
-1024 need memory for one block beyond the inputs (which are neither copied nor converted as a whole:
+1024 need memory for about one block beyond the inputs (which are neither copied nor converted as a whole:
 rows are converted block by block). Candidates are selected with float32 matrix products
-(||b||^2 - 2 a.b) and the final distances recomputed exactly from differences in float64, with ties
-broken by the smaller training index. The float32 selection is certified per sample with a rigorous
-round-off bound: a sample whose candidates might miss a point at or below its k-th exact distance is
-searched again, keeping every training point whose float32 value lies within the bound of that
-distance. The result is therefore the float64 brute-force answer, and chunked and unchunked searches
-give identical results. Small problems (samples x training x dimension <= 2^22, no ``chunk`` given) skip
-the search: every pair's float64 distance is computed at once, the same answer to the bit.
+(||b||^2 - 2 a.b; in wide blocks through the minima of groups of columns) and the final distances
+recomputed exactly from differences in float64, with ties broken by the smaller training index. The
+float32 selection is certified per sample with a rigorous round-off bound: the candidates of smallest
+float32 value are re-ranked first, all candidates where that does not certify the answer, and a sample
+whose candidates might still miss a point at or below its k-th exact distance is searched again, keeping
+every training point whose float32 value lies within the bound of that distance. The result is therefore
+the float64 brute-force answer, and chunked and unchunked searches give identical results. Small problems
+(samples x training x dimension <= 2^22, no ``chunk`` given) skip the search: every pair's float64 distance
+is computed at once, the same answer to the bit.
 
 The memorisation fraction (Yoon et al. 2023; Gu et al. 2023 [prior]): a sample is a copy when the
 ratio of its distances to the nearest and the second-nearest training point is below a threshold
@@ -40,10 +42,12 @@ from easyhard.metrics.bootstrap import bootstrap_mean
 METRICS = ("l2", "cosine")
 #: candidates kept per query beyond k in the float32 pass (the margin that lets the round-off certificate pass)
 _EXTRA = 8
-#: elements of one float32 block of the (samples x training) product matrix (128 MiB)
-_BLOCK = 2**25
+#: elements of the (samples x training) product block of the search (256 MiB in float32), allocated once per call
+_BLOCK = 2**26
 #: elements (pairs x dimension) of one float64 step of the exact re-ranking (32 MiB)
 _RERANK = 2**22
+#: columns per group in the selection of the smallest values of a wide block (by the minima of the groups)
+_GROUP = 16
 #: samples x training x dimension up to which all pairs are compared at once (float64, 32 MiB)
 _ALL_PAIRS = 2**22
 _U32 = 2.0**-24  # unit round-off of float32
@@ -87,11 +91,42 @@ def _rows64(x: torch.Tensor, metric: str, sel: slice | torch.Tensor) -> torch.Te
     return standardize(rows, rows.ndim == 3) if metric == "cosine" else rows
 
 
-def _rows32(x: torch.Tensor, metric: str, lo: int, hi: int) -> torch.Tensor:
-    """Float32 rows lo:hi for the candidate search (a view when the input is float32 and metric is l2)."""
-    if metric == "l2" and x.dtype == torch.float32:
+def _search_rows(x: torch.Tensor, metric: str, lo: int, hi: int, search64: bool) -> torch.Tensor:
+    """Rows lo:hi of x (n, d) for the candidate search, in float64 (``search64``) or float32: a view where x already
+    has that dtype and the metric is l2, else converted (standardised for the cosine metric) ``_RERANK`` elements at
+    a time."""
+    dtype = torch.float64 if search64 else torch.float32
+    if metric == "l2" and x.dtype == dtype:
         return x[lo:hi]
-    return _rows64(x, metric, slice(lo, hi)).to(torch.float32)
+    hi = min(hi, len(x))
+    out = torch.empty((hi - lo, x.shape[1]), dtype=dtype)
+    step = max(1, _RERANK // max(1, x.shape[1]))
+    for p in range(lo, hi, step):
+        out[p - lo:p - lo + step] = _rows64(x, metric, slice(p, min(hi, p + step)))
+    return out
+
+
+def _smallest(block: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, columns) (r, min(keep, w)) of each row of ``block`` (r, w): the smallest values up to ties, in no
+    order; every value left out is >= the largest value kept.
+
+    Wide blocks (w >= 4 keep ``_GROUP``) are not searched element by element: the columns are split into
+    ``_GROUP``-member strided groups {j, j + g, ...} (g = w // ``_GROUP``; the last w - g ``_GROUP`` columns on
+    their own), the ``keep`` groups with the smallest minima are selected, and the values kept are the ``keep``
+    smallest of their members and the columns on their own. A value left out is either in an unselected group,
+    hence >= its group's minimum >= the ``keep`` selected minima (all candidates), or >= the largest value kept by
+    the final selection.
+    """
+    r, w = block.shape
+    if w < 4 * keep * _GROUP:
+        return torch.topk(block, min(keep, w), dim=1, largest=False, sorted=False)
+    g = w // _GROUP
+    minima = block[:, :g * _GROUP].unflatten(1, (_GROUP, g)).amin(1)
+    groups = torch.topk(minima, keep, dim=1, largest=False, sorted=False).indices
+    cols = torch.cat([(groups[:, :, None] + g * torch.arange(_GROUP)).reshape(r, -1),
+                      torch.arange(g * _GROUP, w).expand(r, -1)], 1)
+    s, t = torch.topk(block.gather(1, cols), keep, dim=1, largest=False, sorted=False)
+    return s, cols.gather(1, t)
 
 
 def _exact_sq(q64: torch.Tensor, b: torch.Tensor, metric: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -104,16 +139,46 @@ def _exact_sq(q64: torch.Tensor, b: torch.Tensor, metric: str, rows: torch.Tenso
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 
+def _exact_candidates(q64: torch.Tensor, b: torch.Tensor, metric: str, cols: torch.Tensor) -> torch.Tensor:
+    """Float64 squared distances ||q64[i] - b[cols[i, j]]||^2 (f, c) of each row of q64 (f, d) to its candidates
+    ``cols`` (f, c), from differences (in bounded pieces, the rows of q64 broadcast rather than copied)."""
+    f, c = cols.shape
+    step = max(1, _RERANK // max(1, c * q64.shape[1]))
+    out = []
+    for r in range(0, f, step):
+        diff = q64[r:r + step, None, :] - _rows64(b, metric, cols[r:r + step].reshape(-1)).view(-1, c, q64.shape[1])
+        out.append(diff.mul_(diff).sum(2))
+    return torch.cat(out)
+
+
+def _rank(q64: torch.Tensor, b: torch.Tensor, metric: str, cols: torch.Tensor,
+          k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest (squared float64 distances (f, k), indices (f, k)) of each row of q64 (f, d) among its
+    candidates ``cols`` (f, c), c >= k: exact distances from differences, ties to the smaller index."""
+    exact = _exact_candidates(q64, b, metric, cols)
+    order = torch.from_numpy(np.lexsort((cols.numpy(), exact.numpy()), axis=1)[:, :k])  # distance, index
+    return exact.gather(1, order), cols.gather(1, order)
+
+
+def _uncertified(q_sq: torch.Tensor, outside: torch.Tensor, dist_k: torch.Tensor, base: torch.Tensor,
+                 coef64: float) -> torch.Tensor:
+    """Positions of the rows whose certificate fails: every point not re-ranked has s >= ``outside``, hence an exact
+    squared distance >= ||q||^2 + outside - margin (margin = base + coef64 dist_k), which does not exceed the k-th
+    exact squared distance ``dist_k`` of the re-ranked points."""
+    return torch.nonzero(q_sq + outside.double() - base - coef64 * dist_k <= dist_k).flatten()
+
+
 def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, metric: str = "l2",
                        chunk: int | None = None, ensemble: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances (m, k), indices (m, k)) of the k nearest training points of every sample.
 
     metric "l2": Euclidean distances; "cosine": the per-image-standardised cosine similarity, returned
     as similarities in decreasing order (nearest first). ``chunk``: training rows per block of the search
-    (None: all pairs at once for small problems, samples x train x dimension <= 2^22, else blocks from a
-    128 MiB float32 budget). Exact in float64 (the float64 brute-force answer), ties to the smaller
-    index; independent of ``chunk``. The inputs are not copied: peak memory is the inputs plus about
-    three blocks.
+    (None: all pairs at once for small problems, samples x train x dimension <= 2^22, else
+    2^26 / max(min(samples, 2048), dimension)); each block takes 2^26 / max(chunk, dimension) samples (at
+    most 2^26 products, 256 MiB in float32). Exact in float64 (the float64 brute-force answer), ties to the
+    smaller index; independent of ``chunk``. The inputs are not copied: peak memory is the inputs plus about
+    one block (plus, for the cosine metric or inputs that are not float32, the converted rows of a block).
 
     ``ensemble``: samples (E, m, ...) and train (E, n, ...), the samples of member e against its own training
     set: (distances (E, m, k), indices (E, m, k)), for each member the answer without the member axis (small
@@ -140,35 +205,34 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, m
     if chunk is None and m * n * d <= _ALL_PAIRS:
         return _from_squared(*_all_pairs(_rows64(a, metric, slice(None)), _rows64(b, metric, slice(None)), k), metric)
     keep = min(n, k + _EXTRA)
-    chunk = chunk or max(keep, _BLOCK // max(1, min(m, 4096)))
+    chunk = chunk or max(keep, _BLOCK // max(min(m, 2048), d))
     check_int_at_least("chunk", chunk, 1)
-    rows = max(1, _BLOCK // chunk)
-    piece = max(1, _RERANK // max(1, d))
-    # Round-off bound of s = fl(||b||^2 - 2 q.b) in float32 (inputs rounded to float32, ||b||^2 summed in
-    # float32, any summation order): |s - (||b||^2 - 2 q.b)| <= (2.04 d + 7) u32 (||q||^2 + ||b||^2); plus the
-    # float64 error of the exact distances. Both are taken generously (coef * (||q||^2 + max ||b||^2)).
+    rows = max(1, _BLOCK // max(chunk, d))
+    # Round-off bound of s = fl(||b||^2 - 2 q.b) in float32 (inputs rounded to float32, ||b||^2 as the square
+    # of the float32 norm, any summation order): |s - (||b||^2 - 2 q.b)| <= (2.04 d + 10) u32 (||q||^2 + ||b||^2)
+    # (the square of the rounded norm adds 3 u32 ||b||^2 to the float32 sum of squares); plus the float64 error
+    # of the exact distances. Both are taken generously (coef * (||q||^2 + max ||b||^2)).
     coef32 = (2.1 * d + 16) * _U32
     coef64 = 4 * (d + 16) * _U64
     search64 = coef32 > 0.01  # float32 bound meaningless (d > ~8e4): search in float64 instead
     if search64:
         coef32 = (2.1 * d + 16) * _U64
-        b_sq = torch.cat([(_rows64(b, metric, slice(p, p + piece)) ** 2).sum(1) for p in range(0, n, piece)])
-        b_max = float(b_sq.max())
-    else:
-        b_sq32 = torch.cat([(x * x).sum(1) for x in (_rows32(b, metric, p, p + piece) for p in range(0, n, piece))])
-        b_max = float(b_sq32.max()) * (1 + (2 * d + 4) * _U32)  # an upper bound of the exact max ||b||^2
+    dtype = torch.float64 if search64 else torch.float32
+    b_sq = torch.empty(n, dtype=dtype)  # ||b||^2 in the search precision, filled during the first row block
+    buf = torch.empty(min(rows, m) * min(chunk, n), dtype=dtype)  # the product block, reused
     dist_out, idx_out = [], []
     for r0 in range(0, m, rows):
         q64 = _rows64(a, metric, slice(r0, r0 + rows))
-        q = q64 if search64 else _rows32(a, metric, r0, r0 + rows)
+        q = q64 if search64 else _search_rows(a, metric, r0, r0 + rows, False)
         nq = len(q)
         best_s = best_i = None
         for c0 in range(0, n, chunk):
             c1 = min(n, c0 + chunk)
-            bb = _rows64(b, metric, slice(c0, c1)) if search64 else _rows32(b, metric, c0, c1)
-            block = torch.addmm((b_sq if search64 else b_sq32)[c0:c1], q, bb.T, alpha=-2.0)
-            s, i = torch.topk(block, min(keep, c1 - c0), dim=1, largest=False, sorted=False)
-            del block
+            bb = _search_rows(b, metric, c0, c1, search64)
+            if r0 == 0:
+                b_sq[c0:c1] = torch.linalg.vector_norm(bb, dim=1).square_()
+            block = torch.addmm(b_sq[c0:c1], q, bb.T, alpha=-2.0, out=buf[:nq * (c1 - c0)].view(nq, c1 - c0))
+            s, i = _smallest(block, keep)
             i += c0
             if best_s is not None:
                 s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
@@ -176,22 +240,32 @@ def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, k: int = 2, m
                     s, t = torch.topk(s, keep, dim=1, largest=False, sorted=False)
                     i = i.gather(1, t)
             best_s, best_i = s, i
-        rr = torch.arange(nq).repeat_interleave(best_i.shape[1])
-        exact = _exact_sq(q64, b, metric, rr, best_i.reshape(-1)).reshape(nq, -1)
-        order = torch.from_numpy(np.lexsort((best_i.numpy(), exact.numpy()), axis=1)[:, :k])  # distance, index
-        dist, idx = exact.gather(1, order), best_i.gather(1, order)
-        # certificate: a point outside the candidates has s >= max kept s, hence an exact squared distance
-        # >= ||q||^2 + max s - margin; if that exceeds the k-th exact distance, the candidates hold the answer.
+        if r0 == 0:  # an upper bound of the exact max ||b||^2
+            b_max = float(b_sq.max()) * (1.0 if search64 else 1 + (2 * d + 4) * _U32)
+        # Certificate: every point outside a re-ranked set has s >= some value S, hence an exact squared distance
+        # >= ||q||^2 + S - margin; if that exceeds the k-th exact distance, the re-ranked set holds the answer.
+        # First the max(k, 2) candidates of smallest s are re-ranked (S: the next candidate's s; at least two
+        # pairs, so that no exact distance is a reduction to a single value, which may be split over threads),
+        # then, for the rows not certified, all candidates (S: the largest s kept; no point is outside when every
+        # point is a candidate).
+        best_s, order = best_s.sort(1)
+        best_i = best_i.gather(1, order)
         q_sq = (q64 * q64).sum(1)
-        margin = (coef32 + coef64) * (q_sq + b_max) + coef64 * dist[:, -1]
-        if best_i.shape[1] < n:
-            failed = torch.nonzero(q_sq + best_s.max(1).values.double() - margin <= dist[:, -1]).flatten()
-        else:
-            failed = torch.empty(0, dtype=torch.int64)
+        base = (coef32 + coef64) * (q_sq + b_max)
+        first = min(keep, max(k, 2))
+        dist, idx = _rank(q64, b, metric, best_i[:, :first], k)
+        failed = torch.empty(0, dtype=torch.int64)
+        if first < keep:
+            failed = _uncertified(q_sq, best_s[:, first], dist[:, -1], base, coef64)
         if len(failed):
-            dist[failed], idx[failed] = _research(q64[failed], q[failed], b, b_sq if search64 else b_sq32, metric,
-                                                  search64, (dist[failed, -1] - q_sq[failed] + margin[failed]),
-                                                  k, chunk)
+            dist[failed], idx[failed] = _rank(q64[failed], b, metric, best_i[failed], k)
+            if keep < n:
+                failed = failed[_uncertified(q_sq[failed], best_s[failed, -1], dist[failed, -1], base[failed], coef64)]
+            else:
+                failed = failed[:0]
+        if len(failed):
+            thr = dist[failed, -1] - q_sq[failed] + base[failed] + coef64 * dist[failed, -1]
+            dist[failed], idx[failed] = _research(q64[failed], q[failed], b, b_sq, metric, search64, thr, k, chunk, buf)
         dist_out.append(dist)
         idx_out.append(idx)
     return _from_squared(torch.cat(dist_out), torch.cat(idx_out), metric)
@@ -218,17 +292,18 @@ def _all_pairs(a: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, 
 
 
 def _research(q64: torch.Tensor, q: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, metric: str, search64: bool,
-              thr: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+              thr: torch.Tensor, k: int, chunk: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Second pass for samples whose candidates were not certified: every training point with
     s = ||b||^2 - 2 q.b <= ``thr`` (which contains all points at or below the k-th exact distance) is
-    re-ranked exactly; (squared distances (f, k), indices (f, k))."""
+    re-ranked exactly; (squared distances (f, k), indices (f, k)). ``buf``: room for a (f, chunk) product block."""
     if not search64:  # the smallest float32 >= thr
         thr = torch.nextafter(thr.to(torch.float32), torch.tensor(math.inf, dtype=torch.float32))
     pr, pj = [], []
     for c0 in range(0, len(b), chunk):
         c1 = min(len(b), c0 + chunk)
-        bb = _rows64(b, metric, slice(c0, c1)) if search64 else _rows32(b, metric, c0, c1)
-        r, j = torch.nonzero(torch.addmm(b_sq[c0:c1], q, bb.T, alpha=-2.0) <= thr[:, None], as_tuple=True)
+        bb = _search_rows(b, metric, c0, c1, search64)
+        block = torch.addmm(b_sq[c0:c1], q, bb.T, alpha=-2.0, out=buf[:len(q) * (c1 - c0)].view(len(q), c1 - c0))
+        r, j = torch.nonzero(block <= thr[:, None], as_tuple=True)
         pr.append(r)
         pj.append(j + c0)
     rows, cols = torch.cat(pr), torch.cat(pj)
