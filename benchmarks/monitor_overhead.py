@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         summary = demo_overhead(args.out or Path(tmp) / "demo", shlex.split(args.demo_args))
-    train_s, monitor_s = summary["training_seconds"], summary["monitor_seconds"]
+    train_s, monitor_s = summary["train_seconds"], summary["monitor_seconds"]
     bench = _nearest_neighbours()
     m_full, n, d = bench.FULL
     nn_rows = bench.rows([(1000, n, d, 3), (m_full, n, d, 1)], rounds=args.rounds)

@@ -23,5 +23,5 @@ def test_without_cuda_it_exits_0_and_says_so(capsys):
     assert "no CUDA device" in capsys.readouterr().out
     assert set(gpu_check.CHECKS) == {"online_graph_vs_eager", "reduced_cuda", "image_training",
                                      "reproduce_memorization", "reproduce_scaling", "online_sgd_rows",
-                                     "reproduce_grammar", "grammar_bp_cuda"}
+                                     "reproduce_grammar", "grammar_bp_cuda", "monitor_cuda"}
     assert all(callable(check) for check in gpu_check.CHECKS.values())
