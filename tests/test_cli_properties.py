@@ -124,12 +124,12 @@ class Outcome:
         return "easyhard " + shlex.join(self.argv)
 
 
-def _invoke(capsys, argv: list[str]) -> Outcome:
+def _invoke(capsys, argv: list[str], limit_s: float = INVOCATION_LIMIT_S) -> Outcome:
     capsys.readouterr()
     start = time.perf_counter()
     rc: int | None
     try:
-        with _memory_cap(MEMORY_HEADROOM), _time_limit(INVOCATION_LIMIT_S):
+        with _memory_cap(MEMORY_HEADROOM), _time_limit(limit_s):
             rc = main(argv)
     except _ReachedWork:
         rc = None
@@ -349,7 +349,8 @@ def test_matched_activation_on_a_continuous_law(capsys):
     """The corner left out of the draws above (the same posterior mean serves laplace and uniform, and every theory
     command): it must complete within the memory cap, or be refused."""
     argv = ["exponents", "--activation", "matched", "--nu", "laplace"]
-    _assert_property(_invoke(capsys, argv), _parameters(argv, "nu", "activation"))
+    # a hang guard, not a speed requirement: this invocation takes 23 s alone and ran past 60 s on 2 cores at load 5
+    _assert_property(_invoke(capsys, argv, limit_s=300), _parameters(argv, "nu", "activation"))
 
 
 # ----- reproduce -------------------------------------------------------------------------------------------
