@@ -130,6 +130,12 @@ def test_an_error_inside_update_raises_by_default_and_is_recorded_with_strict_fa
     assert lenient.update(2)["status"] in ("generalising", "biased", "overfitting")
     lines = [json.loads(line) for line in (tmp_path / "b" / "monitor.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2] and "error" in lines[0]
+    # a recorded error as the last record does not block continuing the folder
+    broken["on"] = True
+    assert "error" in lenient.update(3)
+    broken["on"] = False
+    resumed = Monitor(eps, train, test, tmp_path / "b", SCHEDULE, config=FAST, strict=False)
+    assert resumed.update(4)["changes"]["test_loss"]["ref_step"] is not None
 
 
 @pytest.mark.parametrize("make, message", [

@@ -104,6 +104,10 @@ class SamplerNoise:
         step_seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         return cls(initial, step_seed)
 
+    def to(self, device: torch.device | str) -> SamplerNoise:
+        """The same noise with ``initial`` on ``device`` (the per-step noise then comes from a generator there)."""
+        return SamplerNoise(self.initial.to(device), self.step_seed)
+
     def step_generator(self) -> torch.Generator:
         """A fresh generator for the per-step noise (identical for every call)."""
         return torch.Generator(device=self.initial.device).manual_seed(self.step_seed)

@@ -532,7 +532,7 @@ def _to(probe: Probe, device: torch.device) -> Probe:
         if isinstance(value, Tensor):
             value = value.to(device)
         elif isinstance(value, SamplerNoise):
-            value = SamplerNoise(value.initial.to(device), value.step_seed)
+            value = value.to(device)
         elif isinstance(value, list) and value and isinstance(value[0], Tensor):
             value = [v.to(device) for v in value]
         moved[name] = value

@@ -313,7 +313,7 @@ class Probe:
             if isinstance(value, Tensor):
                 moved[name] = value.to(device)
             elif isinstance(value, SamplerNoise):
-                moved[name] = SamplerNoise(value.initial.to(device), value.step_seed)
+                moved[name] = value.to(device)
         return Probe(**moved)
 
 

@@ -22,6 +22,8 @@ differences (units: held-out points, samples, inputs), with the standard error o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -299,8 +301,8 @@ class Monitor:
         self.loss_train = self.train[torch.arange(c.loss_train, device=self.device) % len(self.train)]
         self.loss_test = self.test[:c.loss_test]
         gen = torch.Generator().manual_seed(c.sampler_seed)
-        self.sample_noise = _to(SamplerNoise.draw((c.samples, *shape), gen), self.device)
-        self.pair_noise = _to(SamplerNoise.draw((c.pair_samples, *shape), gen), self.device)
+        self.sample_noise = SamplerNoise.draw((c.samples, *shape), gen).to(self.device)
+        self.pair_noise = SamplerNoise.draw((c.pair_samples, *shape), gen).to(self.device)
         m = min(len(self.train), len(self.test))
         self.own_ref, self.held_ref = self.train[:m], self.test[:m]  # equal sizes: a fair nearest-neighbour gap
         if self.twin is not None:
@@ -316,7 +318,10 @@ class Monitor:
     def _identity(self) -> dict:
         """What a continued run must share: config, schedule, levels and fingerprints of the data."""
         def digest(x: Tensor | None) -> str | None:
-            return None if x is None else json_sha256(x.detach().cpu().double().numpy().round(12).tobytes().hex())
+            if x is None:
+                return None
+            data = x.detach().cpu().contiguous()
+            return hashlib.sha256(f"{data.dtype} {tuple(data.shape)}".encode() + data.numpy().tobytes()).hexdigest()
 
         return {"config": _config_dict(self.config), "schedule": asdict(self.schedule), "levels": self.levels,
                 "train": digest(self.train), "test": digest(self.test), "twin_train": digest(self.twin_train),
@@ -329,8 +334,6 @@ class Monitor:
         identity = self._identity()
         meta_path, records_path = self.out / META, self.out / RECORDS
         if meta_path.exists():
-            import json
-
             try:
                 saved = json.loads(meta_path.read_text())
             except (OSError, ValueError) as err:
@@ -344,9 +347,13 @@ class Monitor:
                                           "identity_sha256": json_sha256(identity), "environment": environment_info(),
                                           "device": str(self.device), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
+    def _last_measured(self) -> int | None:
+        """The step of the last successful update (records of failed ones carry "error"), or None."""
+        return next((r["step"] for r in reversed(self.records) if "error" not in r), None)
+
     def _save_state(self) -> None:
         tensors, meta = {}, {"steps": {}, "values": {}, "groups": {}, "first_loss": self._trackers.first_loss,
-                             "last_step": self.records[-1]["step"] if self.records else None}
+                             "last_step": self._last_measured()}
         for key, ext in self._trackers.extrema.items():
             meta["steps"][key], meta["values"][key], meta["groups"][key] = ext.step, ext.value, len(ext.units)
             for g, u in enumerate(ext.units):
@@ -355,12 +362,12 @@ class Monitor:
 
     def _load_state(self) -> None:
         path = self.out / STATE
-        if not self.records:
+        if self._last_measured() is None:
             return
         if not path.exists():
             raise ConfigError(f"{path} is missing for the records in {self.out}: use another out_dir")
         tensors, meta = load_tensors(path, "use another out_dir")
-        if meta.get("last_step") != self.records[-1]["step"]:
+        if meta.get("last_step") != self._last_measured():
             raise ConfigError(f"{path} does not match the last record of {self.out / RECORDS}: use another out_dir")
         self._trackers.first_loss = meta["first_loss"]
         for key, step in meta["steps"].items():
@@ -519,10 +526,6 @@ def _scheduled(denoiser: Denoiser | Callable, schedule: DDPMSchedule) -> Denoise
     return AdaptedDenoiser(plain, plain.prediction, schedule, ensemble=getattr(plain, "ensemble", False))
 
 
-def _to(noise: SamplerNoise, device: torch.device) -> SamplerNoise:
-    return SamplerNoise(noise.initial.to(device), noise.step_seed)
-
-
 def _se(units: Tensor) -> float:
     return float(units.double().std() / math.sqrt(len(units))) if len(units) > 1 else 0.0
 
@@ -556,8 +559,6 @@ def _config_dict(config: MonitorConfig) -> dict:
 def read_records(path: str | Path) -> list[dict]:
     """The records of a ``monitor.jsonl`` file, in order; ConfigError naming the file and line if one is
     malformed."""
-    import json
-
     path, records = Path(path), []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
