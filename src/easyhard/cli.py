@@ -500,30 +500,36 @@ def diagnose(samples_dir, train_dir, test_dir, out_dir, thresholds, n_boot, seed
 @click.option("--out", "out_dir", required=True, help="output folder: monitor.jsonl, report.md, monitor.png")
 @click.option("--twin-checkpoints", "twin_dir", default=None, help="checkpoints of a twin trained on a disjoint split")
 @click.option("--twin-train", "twin_train_dir", default=None, help="folder of the twin's training split")
-@click.option("--samples", type=int, default=256, show_default=True, help="samples per checkpoint for f_mem (>= 3)")
-@click.option("--sampler-steps", type=int, default=40, show_default=True, help="DDIM steps per sample (>= 1)")
-@click.option("--levels", "n_levels", type=int, default=10, show_default=True, help="noise levels of the losses")
-@click.option("--memorising-level", type=float, default=0.05, show_default=True,
-              help="status memorising when f_mem's lower bound exceeds this, in (0, 1)")
-@click.option("--n-boot", type=int, default=1000, show_default=True, help="bootstrap resamples (>= 10)")
-def monitor(checkpoints_dir, train_dir, test_dir, out_dir, twin_dir, twin_train_dir, samples, sampler_steps, n_levels,
-            memorising_level, n_boot):
+@click.option("--like", "like_dir", default=None,
+              help="measure with the settings of the monitor that wrote this folder (its monitor.json), e.g. the "
+                   "monitor attached to the training; the options below override them")
+@click.option("--samples", type=int, default=None, help="samples per checkpoint for f_mem (>= 3) [256]")
+@click.option("--sampler-steps", type=int, default=None, help="DDIM steps per sample (>= 1) [40]")
+@click.option("--levels", "n_levels", type=int, default=None, help="noise levels of the losses [10]")
+@click.option("--memorising-level", type=float, default=None,
+              help="status memorising when f_mem's lower bound exceeds this, in (0, 1) [0.05]")
+@click.option("--n-boot", type=int, default=None, help="bootstrap resamples (>= 10) [1000]")
+def monitor(checkpoints_dir, train_dir, test_dir, out_dir, twin_dir, twin_train_dir, like_dir, samples, sampler_steps,
+            n_levels, memorising_level, n_boot):
     """Generalisation and memorisation over saved checkpoints, in step order (the monitor's offline mode).
 
     Writes the same records, report and figure as a monitor attached to training; a folder with records
-    continues after its last step.
+    continues after its last step. With --like, the measurements repeat those of an earlier monitor (same
+    settings and noise), so its records can be compared.
     """
     from easyhard._validate import check_out_dir
     from easyhard.data.folders import load_tensor_folder
-    from easyhard.monitor import MonitorConfig
+    from easyhard.monitor import MonitorConfig, saved_config
     from easyhard.monitor.offline import monitor_checkpoints
 
     start = time.perf_counter()
     check_out_dir("--out", out_dir)
-    values = {"samples": samples, "sampler_steps": sampler_steps, "n_levels": n_levels,
-              "memorising_level": memorising_level, "n_boot": n_boot}
-    with _option_errors(list(values)):
-        config = MonitorConfig(**values)
+    given = {"samples": samples, "sampler_steps": sampler_steps, "n_levels": n_levels,
+             "memorising_level": memorising_level, "n_boot": n_boot}
+    given = {k: v for k, v in given.items() if v is not None}
+    base = MonitorConfig() if like_dir is None else saved_config(like_dir)
+    with _option_errors({**{k: _flag(k) for k in given}, "n_levels": "--levels"}):
+        config = dataclasses.replace(base, **given)
     if (twin_dir is None) != (twin_train_dir is None):
         raise ConfigError("--twin-checkpoints and --twin-train must be given together")
     train, test = load_tensor_folder(train_dir, "--train"), load_tensor_folder(test_dir, "--test")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from easyhard.cli import main
-from easyhard.monitor import Monitor, MonitorConfig, read_records
+from easyhard._validate import ConfigError
+from easyhard.monitor import Monitor, MonitorConfig, read_records, records_difference, saved_config
 from easyhard.monitor.adapters import diffusers
 from easyhard.monitor.offline import monitor_checkpoints
 
@@ -96,6 +97,44 @@ def test_cli_monitor_and_monitor_summary(run, tmp_path, capsys):
     assert main(["monitor-summary", str(tmp_path / "cli"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["runs"][0]["n"] == 16
+
+
+def test_cli_monitor_like_repeats_the_online_monitor(run, tmp_path, capsys):
+    """--like reads the online monitor's settings (its own, not the CLI's defaults): the records agree to 1e-6."""
+    root = run[0]
+    assert saved_config(root / "monitor") == CONFIG
+    args = ["monitor", "--checkpoints", str(root / "ckpt"), "--train", str(root / "train"), "--test",
+            str(root / "test"), "--out", str(tmp_path / "like"), "--twin-checkpoints", str(root / "twin"),
+            "--twin-train", str(root / "twin_train"), "--like", str(root / "monitor")]
+    assert main(args) == 0
+    online = read_records(root / "monitor" / "monitor.jsonl")
+    assert records_difference(read_records(tmp_path / "like" / "monitor.jsonl"), online) <= 1e-6
+    # an option given with --like overrides that one setting only
+    assert main([*args[:8], str(tmp_path / "more"), *args[9:], "--n-boot", "60"]) == 0
+    assert json.loads((tmp_path / "more" / "monitor.json").read_text())["identity"]["config"] == {
+        **json.loads((root / "monitor" / "monitor.json").read_text())["identity"]["config"], "n_boot": 60}
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path)]) == 2
+    assert "holds no readable monitor settings" in capsys.readouterr().err
+
+
+def test_records_difference_finds_measurements_and_decisions_that_differ(run):
+    import copy
+
+    online = read_records(run[0] / "monitor" / "monitor.jsonl")
+    other = copy.deepcopy(online)
+    for r in other:
+        r["seconds"] += 5.0  # wall time is not a measurement
+    assert records_difference(other, online) == 0.0
+    other[1]["test_loss"][2] += 1e-3
+    assert abs(records_difference(other, online) - 1e-3) < 1e-12
+    for change, where in ((lambda r: r[2].__setitem__("status", "memorising"), "step 6.status"),
+                          (lambda r: r[0]["f_mem"]["1/3"].__setitem__("copies", 99), "step 2.f_mem.1/3.copies"),
+                          (lambda r: r.pop(), "different steps")):
+        changed = copy.deepcopy(online)
+        change(changed)
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            records_difference(changed, online)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -574,3 +574,56 @@ def read_records(path: str | Path) -> list[dict]:
     if steps != sorted(set(steps)):
         raise ConfigError(f"{path} has repeated or unordered steps")
     return records
+
+
+def saved_config(folder: str | Path) -> MonitorConfig:
+    """The :class:`MonitorConfig` of the monitor that wrote ``folder`` (read from its ``monitor.json``), so that a
+    later run (e.g. the offline mode over the same training's checkpoints) measures with the same settings and
+    noise; ConfigError naming the folder if it holds no readable monitor."""
+    path = Path(folder) / META
+    try:
+        values = json.loads(path.read_text())["identity"]["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{folder} holds no readable monitor settings ({path.name}: {type(err).__name__})") from None
+    known = {f.name for f in fields(MonitorConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path} has settings this version does not know: {unknown}")
+    return MonitorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+#: record fields that are neither measurements nor decisions (wall time, the error text of strict=False)
+_UNMEASURED = ("seconds",)
+
+
+def records_difference(a: list[dict], b: list[dict]) -> float:
+    """The largest absolute difference between the numbers of two monitors' records (every numeric leaf except
+    the update's wall ``seconds``), after checking that they hold the same steps, the same fields and the same
+    non-numeric values (statuses, evidence steps, recommended checkpoints, f_mem copy counts); ConfigError naming
+    the first step and field that differ otherwise. Used to check that the offline mode reproduces a monitor
+    attached to training."""
+    if [r["step"] for r in a] != [r["step"] for r in b]:
+        raise ConfigError(f"the records hold different steps: {[r['step'] for r in a]} and {[r['step'] for r in b]}")
+    worst = 0.0
+
+    def walk(x, y, where: str) -> None:
+        nonlocal worst
+        if isinstance(x, bool) or isinstance(y, bool) or not (isinstance(x, (int, float))
+                                                               and isinstance(y, (int, float))):
+            if isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys():
+                for key in x:
+                    walk(x[key], y[key], f"{where}.{key}")
+            elif isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+                for i, (u, v) in enumerate(zip(x, y)):
+                    walk(u, v, f"{where}[{i}]")
+            elif x != y:
+                raise ConfigError(f"the records differ at {where}: {str(x)[:80]} and {str(y)[:80]}")
+            return
+        if isinstance(x, int) and isinstance(y, int) and x != y:  # counts and steps are decisions, not measurements
+            raise ConfigError(f"the records differ at {where}: {x} and {y}")
+        worst = max(worst, abs(float(x) - float(y)))
+
+    for r, s in zip(a, b):
+        walk({k: v for k, v in r.items() if k not in _UNMEASURED},
+             {k: v for k, v in s.items() if k not in _UNMEASURED}, f"step {r['step']}")
+    return worst
