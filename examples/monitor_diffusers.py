@@ -1,6 +1,43 @@
 """The monitor on a diffusers training loop: a tiny UNet2DModel memorises a few image patches on a CPU.
 
-DRAFT: measured output to be filled in.
+Two diffusers ``UNet2DModel`` (636,465 parameters each; blocks of 16, 32, 64 channels) train with the standard
+diffusers recipe (DDPMScheduler with 1000 linear steps, uniform timesteps, eps-MSE, AdamW 5e-3 with cosine decay,
+batch 32) on two disjoint sets of 32 grey 16 x 16 patches of the embedded photographs; 256 further patches of the
+same photographs are held out. A :class:`~easyhard.monitor.Monitor` with the twin attached updates on a log grid
+(1.5 per octave from step 175: 8 updates in 3,500 steps) and a copy of each model is saved at every update; at the
+end the offline mode (:func:`~easyhard.monitor.monitor_checkpoints`, the library side of ``easyhard monitor
+--like``) re-measures the saved checkpoints and compares its records with the online ones
+(:func:`~easyhard.monitor.records_difference`).
+
+Usage::
+
+    pip install -c constraints.txt -e ".[images,unet]"                # the embedded photographs, diffusers
+    python examples/monitor_diffusers.py --out runs/monitor_demo      # about 8 minutes on 2 CPU cores
+
+Measured (seed 0, 2 idle cores, 2026-12-06; two runs gave the same records)::
+
+    step   175  held-out 0.0331  f_mem 0.000 [0.000, 0.000]  twin similarity 0.679  generalising
+    step   278  held-out 0.0311  f_mem 0.000 [0.000, 0.000]  twin similarity 0.745  generalising
+    step   441  held-out 0.0316  f_mem 0.016 [0.000, 0.039]  twin similarity 0.516  biased
+    step   700  held-out 0.0312  f_mem 0.000 [0.000, 0.000]  twin similarity 0.557  biased
+    step  1111  held-out 0.0319  f_mem 0.062 [0.023, 0.102]  twin similarity 0.379  biased
+    step  1764  held-out 0.0345  f_mem 0.000 [0.000, 0.000]  twin similarity 0.276  overfitting
+    step  2800  held-out 0.0379  f_mem 0.164 [0.102, 0.234]  twin similarity 0.281  memorising
+    step  3500  held-out 0.0389  f_mem 0.180 [0.117, 0.250]  twin similarity 0.233  memorising
+    held-out loss minimum at step 278 (rise at the end 0.00775 = 5.0 SE); memorisation onset (f_mem lower bound
+    > 0.05) at step 2800; twin similarity peak at step 278
+    twin similarity fell by more than 3 SE from its peak first at step 441; held-out loss within 3 SE of its
+    minimum from step 278 to 1111, above it first at step 1764
+    training 417.8 s, monitor 31.9 s over 8 updates (overhead 7.6%), checkpoints 0.2 s, wall 450 s
+    offline mode ...: largest difference from the online records 0 (25.0 s); statuses, steps and copy counts equal
+
+Reading: the held-out loss has its minimum at step 278, and f_mem's lower bound passes 5% at step 2800 (21 of 128
+samples are closer to their nearest training patch than a third of the distance to the second-nearest). The twin's
+similarity peak falls on the same update as the loss minimum, so this grid cannot say which comes first; what it
+does resolve is that the twin similarity has fallen 8.8 SE below its peak at step 441, while the held-out loss stays
+within 3 SE of its minimum (a flat bottom from step 278 to 1111) and rises beyond it only at step 1764: the bias
+indicators move two octaves before the held-out loss does. f_mem is not monotone between updates (0.062 at 1111, 0
+at 1764): the samples come from the same noise, but the model changes in between.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,13 +10,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from easyhard._io import atomic_write_bytes  # noqa: E402
 
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write as a 120-dpi PNG, close; returns ``path``."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+
+def save_figure(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Lay out (within ``rect`` of the figure, leaving room for a figure legend), write as a 120-dpi PNG
+    atomically (a reader never sees half a file), close; returns ``path``."""
+    fig.tight_layout(rect=rect)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def fmt(x, spec: str = ".3g") -> str:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from easyhard.report._figure import save_figure  # noqa: E402
@@ -48,7 +50,7 @@ def plot_monitor(records: list[dict], path: Path) -> Path | None:
     axes[0].fill_between(steps, test - test_se, test + test_se, color="k", alpha=0.15)
     axes[0].plot(steps, [r["train_loss_mean"] for r in rec], "s-", color="C0", ms=3, label="training subset")
     axes[0].set(ylabel="eps-loss (mean over levels)", title="losses")
-    for label, f in rec[-1]["f_mem"].items():
+    for label in sorted(rec[-1]["f_mem"], key=Fraction):  # thresholds in increasing order, whatever the JSON order
         values = np.array([r["f_mem"][label]["value"] for r in rec])
         lo, hi = (np.array([r["f_mem"][label]["interval"][k] for r in rec]) for k in (0, 1))
         axes[1].plot(steps, values, "o-", ms=3, label=f"k = {label}")
@@ -72,14 +74,18 @@ def plot_monitor(records: list[dict], path: Path) -> Path | None:
         if best.get("split_similarity_peak") is not None:
             ax.axvline(best["split_similarity_peak"], color="C2", ls=":", lw=1.2)
         ax.set_xlabel("training step")
-        if steps.min() > 0 and steps.max() / steps.min() > 20:
+        if steps.min() > 0 and steps.max() / steps.min() >= 8:  # log-spaced updates: a log step axis
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:.0f}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in STATUS_COLOURS.values()]
-    fig.legend(handles, list(STATUS_COLOURS), loc="upper center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    return save_figure(fig, path)
+    fig.legend(handles, list(STATUS_COLOURS), loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=8,
+               frameon=False, title="status found at each update (shaded back to the previous update); dashed: "
+                                    "held-out-loss minimum, dotted: twin similarity peak", title_fontsize=8)
+    return save_figure(fig, path, rect=(0, 0, 1, 0.84))
 
 
 def _f(x: float | str, digits: int = 4) -> str:
