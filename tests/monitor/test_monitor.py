@@ -110,6 +110,31 @@ def test_a_continued_folder_skips_recorded_steps_and_refuses_another_config(data
         Monitor(_exact(law), train[:32], test, tmp_path, SCHEDULE, config=FAST)
 
 
+def test_a_crash_between_the_state_and_the_records_write_continues_from_the_previous_state(data, tmp_path):
+    """The state is written before the records: a crash in between leaves the state one step ahead. The folder
+    continues from the state before it, and measuring that step again gives the record of an uninterrupted run."""
+    law, train, test = data
+    whole = Monitor(_exact(law), train, test, tmp_path / "whole", SCHEDULE, config=FAST)
+    crashed = Monitor(_exact(law), train, test, tmp_path / "crashed", SCHEDULE, config=FAST)
+    for step in (10, 20):
+        whole.update(step)
+        crashed.update(step)
+    records_before = (tmp_path / "crashed" / "monitor.jsonl").read_text()
+    expected = whole.update(30)
+    crashed.update(30)
+    (tmp_path / "crashed" / "monitor.jsonl").write_text(records_before)  # the records write of step 30 never happened
+    resumed = Monitor(_exact(law), train, test, tmp_path / "crashed", SCHEDULE, config=FAST)
+    assert resumed.last_step == 20
+    again = resumed.update(30)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in expected.items() if k != "seconds"}
+    assert resumed.update(40)["changes"] == whole.update(40)["changes"]
+    # two records lost: no state matches, the folder is refused with one line
+    lines = records_before.splitlines(keepends=True)
+    (tmp_path / "crashed" / "monitor.jsonl").write_text(lines[0])
+    with pytest.raises(ConfigError, match="does not match the last record"):
+        Monitor(_exact(law), train, test, tmp_path / "crashed", SCHEDULE, config=FAST)
+
+
 def test_an_error_inside_update_raises_by_default_and_is_recorded_with_strict_false(data, tmp_path):
     law, train, test = data
     broken = {"on": False}

@@ -52,6 +52,7 @@ STATUSES = ("generalising", "biased", "overfitting", "memorising")
 RECORDS = "monitor.jsonl"
 META = "monitor.json"
 STATE = "monitor_state.pt"
+PREVIOUS = "previous:"  # tensor-name prefix of the state before the latest record, in the state file
 QUANTILES = (0.05, 0.5, 0.95)
 
 
@@ -292,6 +293,7 @@ class Monitor:
         self.out = Path(out_dir)
         self.records: list[dict] = []
         self._trackers = _Trackers()
+        self._saved: tuple[dict, dict | None] = ({}, None)  # the last state written (tensors, meta)
         self._open()
 
     # ------------------------------------------------------------------------------------------ fixed inputs
@@ -352,23 +354,36 @@ class Monitor:
         return next((r["step"] for r in reversed(self.records) if "error" not in r), None)
 
     def _save_state(self) -> None:
+        """Write the extrema's reference units after the latest measured record, with the state before it: the
+        state is written before the records, so a crash between the two writes leaves a state one record ahead,
+        and the folder continues from the previous state (that step is measured again)."""
         tensors, meta = {}, {"steps": {}, "values": {}, "groups": {}, "first_loss": self._trackers.first_loss,
                              "last_step": self._last_measured()}
         for key, ext in self._trackers.extrema.items():
             meta["steps"][key], meta["values"][key], meta["groups"][key] = ext.step, ext.value, len(ext.units)
             for g, u in enumerate(ext.units):
                 tensors[f"{key}.{g}"] = u.detach().cpu()
-        save_tensors(self.out / STATE, tensors, meta)
+        previous_tensors, previous_meta = self._saved
+        save_tensors(self.out / STATE, {**tensors, **{PREVIOUS + k: v for k, v in previous_tensors.items()}},
+                     {**meta, "previous": previous_meta})
+        self._saved = tensors, meta
 
     def _load_state(self) -> None:
         path = self.out / STATE
-        if self._last_measured() is None:
+        last = self._last_measured()
+        if last is None:
             return
         if not path.exists():
             raise ConfigError(f"{path} is missing for the records in {self.out}: use another out_dir")
         tensors, meta = load_tensors(path, "use another out_dir")
-        if meta.get("last_step") != self._last_measured():
-            raise ConfigError(f"{path} does not match the last record of {self.out / RECORDS}: use another out_dir")
+        previous = meta.pop("previous", None) or {}
+        if meta.get("last_step") != last:
+            if previous.get("last_step") != last:
+                raise ConfigError(f"{path} does not match the last record of {self.out / RECORDS}: use another "
+                                  "out_dir")
+            tensors, meta = {k[len(PREVIOUS):]: v for k, v in tensors.items() if k.startswith(PREVIOUS)}, previous
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(PREVIOUS)}
+        self._saved = tensors, meta
         self._trackers.first_loss = meta["first_loss"]
         for key, step in meta["steps"].items():
             units = [tensors[f"{key}.{g}"].to(self.device) for g in range(meta["groups"][key])]
