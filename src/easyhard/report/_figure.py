@@ -13,14 +13,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from easyhard._io import atomic_write_bytes  # noqa: E402
 
 
-def save_figure(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
-    """Lay out (within ``rect`` of the figure, leaving room for a figure legend), write as a 120-dpi PNG
-    atomically (a reader never sees half a file), close; returns ``path``."""
+def figure_png(fig, rect: tuple[float, float, float, float] | None = None) -> bytes:
+    """Lay out (within ``rect`` of the figure, leaving room for a figure legend), render as a 120-dpi PNG, close;
+    returns the PNG's bytes."""
     fig.tight_layout(rect=rect)
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """:func:`figure_png` written to ``path`` atomically (a reader never sees half a file); returns ``path``."""
+    return atomic_write_bytes(path, figure_png(fig, rect))
 
 
 def fmt(x, spec: str = ".3g") -> str:

@@ -4,7 +4,6 @@ experiments)."""
 
 from __future__ import annotations
 
-import io
 
 import matplotlib
 
@@ -13,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from easyhard.metrics.memorization import threshold_label  # noqa: E402
-from easyhard.report._figure import fmt, save_figure  # noqa: E402
+from easyhard.report._figure import figure_png, fmt  # noqa: E402
 
 
 def diagnosis_figure(result: dict) -> bytes:
@@ -47,9 +46,7 @@ def diagnosis_figure(result: dict) -> bytes:
     ax.set_ylabel("density")
     ax.set_title("nearest-neighbour distances", fontsize=9)
     ax.legend(fontsize=7)
-    buffer = io.BytesIO()
-    save_figure(fig, buffer)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def _row(cells) -> str:
