@@ -55,7 +55,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
 from easyhard.data.images import embedded_patches
-from easyhard.monitor import Monitor, MonitorConfig, monitor_checkpoints, records_difference, saved_config
+from easyhard.monitor import (Monitor, MonitorConfig, monitor_checkpoints, moved_away, records_difference,
+                              saved_config)
 from easyhard.monitor.adapters import diffusers
 
 #: the monitor's default update frequency: log-spaced steps, UPDATES_PER_OCTAVE per doubling from FIRST_UPDATE on,
@@ -84,8 +85,7 @@ def ordering(records: list[dict], z: float) -> dict:
     ``z`` SE below its peak so far; the steps from the minimum on at which the held-out loss is within ``z`` SE of
     it (its flat bottom), and the first step at which it is above it by more than ``z`` SE."""
     def beyond(record: dict, key: str) -> bool:
-        move = record["changes"].get(key)
-        return move is not None and move["ref_step"] is not None and move["change"] > z * move["se"]
+        return moved_away(record["changes"].get(key), z)
 
     best = records[-1]["recommended"]
     loss_min = best["held_out_loss_min"]

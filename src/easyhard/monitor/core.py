@@ -198,6 +198,12 @@ def _curve(units: list[Tensor]) -> float:
 
 
 # ============================================================================================ the status
+def moved_away(move: dict | None, z: float) -> bool:
+    """Whether a tracked curve's paired change from its extremum so far (a record's ``changes[key]``) exceeds
+    ``z`` standard errors; False for a curve without a reference yet (its first record) or not tracked."""
+    return move is not None and move["ref_step"] is not None and move["change"] > z * move["se"]
+
+
 def assess(record: dict, config: MonitorConfig) -> tuple[str, list[str]]:
     """(status, evidence) of one record (module docstring): "memorising" when f_mem's lower bound at the status
     threshold exceeds ``memorising_level``; else "overfitting" when the held-out loss is above its minimum so far by
@@ -214,7 +220,7 @@ def assess(record: dict, config: MonitorConfig) -> tuple[str, list[str]]:
                         f"[{f['interval'][0]:.3f}, {f['interval'][1]:.3f}] above {config.memorising_level:g}")
     moves = record["changes"]
     loss = moves["test_loss"]
-    overfitting = loss["change"] > z * loss["se"]
+    overfitting = moved_away(loss, z)
     if overfitting:
         evidence.append(f"held-out loss {record['test_loss_mean']:.4g} is {loss['change']:.3g} above its minimum at "
                         f"step {loss['ref_step']} ({_z(loss)} SE)")
@@ -225,7 +231,7 @@ def assess(record: dict, config: MonitorConfig) -> tuple[str, list[str]]:
                                         "step {s}"),
                       ("pair_similarity", "twin paired similarity fell by {c:.3g} from its peak at step {s}")):
         move = moves.get(key)
-        if move is not None and move["ref_step"] is not None and move["change"] > z * move["se"]:
+        if moved_away(move, z):
             biased.append(text.format(c=move["change"], s=move["ref_step"]) + f" ({_z(move)} SE)")
     evidence += biased
     status = ("memorising" if memorising else "overfitting" if overfitting else "biased" if biased
@@ -374,14 +380,14 @@ class Monitor:
             return
         if not path.exists():
             raise ConfigError(f"{path} is missing for the records in {self.out}: use another out_dir")
-        tensors, meta = load_tensors(path, "use another out_dir")
+        stored, meta = load_tensors(path, "use another out_dir")
         previous = meta.pop("previous", None) or {}
-        if meta.get("last_step") != last:
-            if previous.get("last_step") != last:
-                raise ConfigError(f"{path} does not match the last record of {self.out / RECORDS}: use another "
-                                  "out_dir")
-            tensors, meta = {k[len(PREVIOUS):]: v for k, v in tensors.items() if k.startswith(PREVIOUS)}, previous
-        tensors = {k: v for k, v in tensors.items() if not k.startswith(PREVIOUS)}
+        if meta.get("last_step") == last:
+            tensors = {k: v for k, v in stored.items() if not k.startswith(PREVIOUS)}
+        elif previous.get("last_step") == last:  # the state was written, the record not: measure that step again
+            tensors, meta = {k[len(PREVIOUS):]: v for k, v in stored.items() if k.startswith(PREVIOUS)}, previous
+        else:
+            raise ConfigError(f"{path} does not match the last record of {self.out / RECORDS}: use another out_dir")
         self._saved = tensors, meta
         self._trackers.first_loss = meta["first_loss"]
         for key, step in meta["steps"].items():
@@ -606,8 +612,12 @@ def saved_config(folder: str | Path) -> MonitorConfig:
     return MonitorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-#: record fields that are neither measurements nor decisions (wall time, the error text of strict=False)
+#: record fields that are neither measurements nor decisions: the update's wall time
 _UNMEASURED = ("seconds",)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def records_difference(a: list[dict], b: list[dict]) -> float:
@@ -622,8 +632,7 @@ def records_difference(a: list[dict], b: list[dict]) -> float:
 
     def walk(x, y, where: str) -> None:
         nonlocal worst
-        if isinstance(x, bool) or isinstance(y, bool) or not (isinstance(x, (int, float))
-                                                               and isinstance(y, (int, float))):
+        if not (_number(x) and _number(y)):
             if isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys():
                 for key in x:
                     walk(x[key], y[key], f"{where}.{key}")

@@ -4,7 +4,6 @@ experiments)."""
 
 from __future__ import annotations
 
-
 import matplotlib
 
 matplotlib.use("Agg")
